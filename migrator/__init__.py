@@ -1,0 +1,1 @@
+"""migrator: async, resumable, exactly-once bulk migration between LMS APIs."""

@@ -1,0 +1,182 @@
+"""The Python API the CLI is a thin layer over: `await run(plan)`, `await verify(plan)`, `status(path)`."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+from mappings import mapping_for
+from migrator.engine import Board, NoProgress, Progress, StreamRunner
+from migrator.http import AuthError, RequestStats
+from migrator.ledger import Ledger
+from migrator.plan import Plan, PlanError
+from migrator.platforms.registry import open_source, open_target
+from migrator.report import build_report
+
+
+class MigrationError(Exception):
+    """The run cannot go on (bad credentials, ledger of another migration): one line for the user."""
+
+
+def selected_streams(plan: Plan, mapping: Any) -> list[str]:
+    unknown = sorted(set(plan.streams) - set(mapping.streams))
+    if unknown:
+        raise PlanError(
+            f"unknown stream `streams.{unknown[0]}`; this pair moves: {', '.join(mapping.streams)}"
+        )
+    chosen = [s for s in mapping.streams if s not in plan.streams or plan.streams[s].enabled]
+    if not chosen:
+        raise PlanError("every stream is disabled in `streams`; enable at least one")
+    return chosen
+
+
+def _identity(plan: Plan) -> str:
+    return orjson.dumps(
+        {"source": [plan.source.platform, plan.source.base_url], "target": [plan.target.platform, plan.target.base_url]}
+    ).decode()
+
+
+def _open_ledger(plan: Plan, resume: bool) -> Ledger:
+    ledger = Ledger(plan.ledger_path, redact=plan.secrets())
+    identity = ledger.get_meta("identity")
+    if identity is None:
+        ledger.set_meta("identity", _identity(plan))
+    elif identity != _identity(plan):
+        ledger.close()
+        raise MigrationError(
+            f"ledger {plan.ledger_path} belongs to a migration between other hosts; use another `ledger` path"
+        )
+    elif not resume and ledger.has_records():
+        ledger.close()
+        raise MigrationError(
+            f"ledger {plan.ledger_path} already holds this migration; pass --resume to continue it"
+            " (or set a new `ledger` path to start over)"
+        )
+    return ledger
+
+
+async def _collect_keys(target: Any, streams: list[str], ledger: Ledger, stats: RequestStats) -> None:
+    """Dry run: note which natural keys the target already holds, to tell creates from updates."""
+    ledger.db.execute("CREATE TABLE IF NOT EXISTS target_keys (stream TEXT, key TEXT, PRIMARY KEY (stream, key))")
+    for name in streams:
+        stream = target.streams[name]
+        if type(stream).export is type(stream).__mro__[-2].export:  # not exportable
+            continue
+        batch = []
+        async for key, _fields in stream.export(stats):
+            batch.append((name, key))
+            if len(batch) >= 1000:
+                ledger.db.executemany("INSERT OR IGNORE INTO target_keys VALUES (?, ?)", batch)
+                batch.clear()
+        ledger.db.executemany("INSERT OR IGNORE INTO target_keys VALUES (?, ?)", batch)
+
+
+async def run(
+    plan: Plan,
+    *,
+    resume: bool = False,
+    dry_run: bool = False,
+    limit: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Migrate everything the plan names; returns the JSON-able run report."""
+    progress = progress or NoProgress()
+    mapping = mapping_for(plan.source.platform, plan.target.platform, plan.mapping)
+    streams = selected_streams(plan, mapping)
+    secrets = plan.secrets()
+    scratch = tempfile.TemporaryDirectory(prefix="migrator-dry-") if dry_run else None
+    ledger = Ledger(Path(scratch.name) / "dry.sqlite") if scratch else _open_ledger(plan, resume)
+    run_id = ledger.begin_run("dry-run" if dry_run else ("resume" if resume else "run"))
+    source = open_source(plan.source, secrets)
+    target = open_target(plan.target, secrets)
+    board = Board(ledger)
+    board.done.update(s for s in mapping.streams if s not in streams)
+    setup = RequestStats()
+    started = time.monotonic()
+    runners: list[StreamRunner] = []
+    outcome = "failed"
+    try:
+        async with source.client, target.client:
+            await target.prepare(setup)
+            dry_keys = None
+            if dry_run:
+                await _collect_keys(target, streams, ledger, setup)
+
+                def dry_keys(stream: str, key: str) -> bool:
+                    sql = "SELECT 1 FROM target_keys WHERE stream = ? AND key = ?"
+                    return ledger.db.execute(sql, (stream, key)).fetchone() is not None
+
+            for name in streams:
+                cfg = plan.streams.get(name)
+                runners.append(
+                    StreamRunner(
+                        name,
+                        source.streams[name],
+                        target.streams[name],
+                        mapping.map,
+                        ledger,
+                        board,
+                        cfg.writers if cfg else 16,
+                        progress,
+                        limit,
+                        dry_keys,
+                    )
+                )
+            try:
+                async with anyio.create_task_group() as tg:
+                    for runner in runners:
+                        tg.start_soon(runner.run)
+            except* AuthError as group:
+                err = group.exceptions[0]
+                side = "source" if err.host == source.client.name else "target"  # type: ignore[attr-defined]
+                raise MigrationError(
+                    f"the {side} refused the credentials (HTTP {err.status}) at the first request that needed them;"
+                    f" check the {side} key in the plan. Nothing was dead-lettered; rerun with --resume after fixing it."
+                ) from None
+        outcome = "complete" if all(r.complete for r in runners) else "partial"
+    except AuthError as err:
+        side = "source" if getattr(err, "host", None) == source.client.name else "target"
+        raise MigrationError(
+            f"the {side} refused the credentials (HTTP {err.status}); check the {side} key in the plan"
+        ) from None
+    finally:
+        ledger.end_run(run_id, outcome)
+        progress.close()
+    report = build_report(
+        ledger, runners, setup, time.monotonic() - started, dry_run=dry_run, plan=plan, hosts=[source.client, target.client]
+    )
+    report["run"]["outcome"] = outcome
+    ledger.close()
+    if scratch:
+        scratch.cleanup()
+    return report
+
+
+def status(path: str | Path) -> dict[str, Any]:
+    file = Path(path)
+    if not file.exists():
+        raise MigrationError(f"no ledger at {file}")
+    ledger = Ledger(file)
+    try:
+        counts = ledger.counts()
+        cursors = {
+            stream: {"cursor": cursor, "done": bool(done), "total": total}
+            for stream, cursor, done, total in ledger.db.execute("SELECT stream, cursor, done, total FROM cursors")
+        }
+        runs = [
+            {"id": i, "started": s, "finished": f, "outcome": o, "mode": m}
+            for i, s, f, o, m in ledger.db.execute("SELECT id, started, finished, outcome, mode FROM runs ORDER BY id")
+        ]
+        dead: dict[str, int] = {}
+        for stream, cls, n in ledger.db.execute(
+            "SELECT stream, error_class, count(*) FROM dead_letters GROUP BY stream, error_class"
+        ):
+            dead[f"{stream}/{cls}"] = n
+        return {"streams": counts, "cursors": cursors, "runs": runs, "dead_letters": dead}
+    finally:
+        ledger.db.close()

@@ -1,0 +1,142 @@
+"""`migrator` command line: a thin layer over migrator.api. User mistakes exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"migrator: error: {message}", file=sys.stderr)
+    return code
+
+
+def _write_report(report: dict[str, Any], path: str | None) -> None:
+    if path:
+        Path(path).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from migrator import api
+    from migrator.plan import load_plan
+    from migrator.progress import TqdmProgress
+    from migrator.report import human_summary
+
+    plan = load_plan(args.plan)
+    progress = TqdmProgress(enabled=not args.quiet)
+    report = anyio.run(
+        lambda: api.run(plan, resume=args.resume, dry_run=args.dry_run, limit=args.limit, progress=progress)
+    )
+    _write_report(report, args.report)
+    print(human_summary(report))
+    return EXIT_OK if report["run"]["outcome"] == "complete" or args.limit else EXIT_FAILED
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from migrator.plan import load_plan
+    from migrator.report import human_summary
+    from migrator.verify import verify
+
+    plan = load_plan(args.plan)
+    result = anyio.run(verify, plan)
+    _write_report({"verify": result}, args.report)
+    print(human_summary({"streams": {}, "totals": _empty_totals(), "fidelity_losses": [], "verify": result}).split("\n", 3)[-1])
+    return EXIT_OK if result["ok"] else EXIT_FAILED
+
+
+def _empty_totals() -> dict[str, Any]:
+    return {k: 0 for k in ("read", "written", "skipped", "dead_lettered", "requests", "retried", "rate_limited",
+                           "records_per_second", "seconds")}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from migrator import api
+
+    print(orjson.dumps(api.status(args.ledger), option=orjson.OPT_INDENT_2).decode())
+    return EXIT_OK
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from migrator.simcli import serve_simulator
+
+    return serve_simulator(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from migrator.demo import demo
+
+    return demo(records=args.records, report_path=args.report, quiet=args.quiet, workdir=args.workdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="migrator",
+        description="Move users, groups and certificates between learning platforms: fast, resumable,"
+        " nothing lost and nothing written twice.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run (or resume) the migration a plan describes")
+    p.add_argument("plan", help="plan file (TOML)")
+    p.add_argument("--resume", action="store_true", help="continue the migration recorded in the plan's ledger")
+    p.add_argument("--dry-run", action="store_true", help="read, map and validate everything; write nothing")
+    p.add_argument("--limit", type=int, metavar="N", help="read at most N records per stream")
+    p.add_argument("--report", metavar="PATH", help="write the JSON run report here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("verify", help="compare the source (through the mapping) with the target")
+    p.add_argument("plan")
+    p.add_argument("--report", metavar="PATH", help="write the JSON verify result here")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("status", help="show what a ledger records: counts per state, cursors, runs")
+    p.add_argument("ledger")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("sim", help="serve a platform simulator on 127.0.0.1")
+    p.add_argument("platform", choices=["damstra", "civica"])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--records", type=int, default=1000, help="generated users (source simulators)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--rate", type=float, help="requests/s before answering 429")
+    p.add_argument("--burst", type=int)
+    p.add_argument("--faults", metavar="SPEC", help='e.g. "500=0.05,drop=0.01,latency=20ms"')
+    p.add_argument("--data", metavar="FILE.jsonl", help="serve these records instead of generated ones")
+    p.add_argument("--status-delay", type=float, default=0.5, help="civica: seconds a SetUser stays pending")
+    p.add_argument("--key", help="the credential the simulator accepts (default: the demo key)")
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("demo", help="migrate between two embedded simulators, then verify")
+    p.add_argument("--records", type=int, default=1000, help="users in the source simulator")
+    p.add_argument("--report", metavar="PATH", help="write the JSON run report here")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--workdir", default=".demo", help="where the demo plan and ledger go")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from migrator.api import MigrationError
+    from migrator.plan import PlanError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PlanError as exc:
+        return _fail(f"plan: {exc}", EXIT_USAGE)
+    except MigrationError as exc:
+        return _fail(str(exc), EXIT_STOPPED)
+    except KeyboardInterrupt:
+        return _fail("interrupted; the ledger keeps every settled record: rerun with --resume", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

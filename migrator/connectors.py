@@ -1,0 +1,86 @@
+"""What the engine asks of a platform: read pages of a stream, write one record, look one up.
+
+Sources and targets implement these small interfaces; the engine knows nothing else about them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple
+
+import msgspec
+
+from migrator.http import RequestStats
+
+Dep = tuple[str, str]  # (stream, source id) of a parent record
+
+
+class Page(NamedTuple):
+    records: list[tuple[str, Any]]  # (source id, native record)
+    cursor: str | None  # resume point AFTER this page
+    total: int | None = None  # records in the whole stream, when the source says
+
+
+class Mapped(msgspec.Struct):
+    """A canonical record after the mapping, with the parents it needs target ids for."""
+
+    record: Any
+    deps: list[Dep] = []
+
+
+class Loss(NamedTuple):
+    field: str
+    reason: str
+
+
+class Encoded(NamedTuple):
+    payload: Any  # what the target connector will send (JSON-able)
+    key: str  # the natural key in the target: also the target id where the target has no ids
+    losses: list[Loss] = []
+    requests: int = 1  # requests the write needs, for dry-run estimates
+
+
+class WriteItem(msgspec.Struct, kw_only=True):
+    stream: str
+    source_id: str
+    encoded: Encoded
+    token: str | None  # what an earlier attempt stored (e.g. a Civica status id)
+    save_token: Callable[[str | None], Awaitable[None]]
+    stats: RequestStats
+
+
+class SourceStream:
+    name: str = ""
+
+    async def pages(self, cursor: str | None, stats: RequestStats) -> AsyncIterator[Page]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def decode(self, native: Any) -> Any:
+        """Native record → canonical Struct; raise RecordError for a malformed record."""
+        raise NotImplementedError
+
+
+class TargetStream:
+    name: str = ""
+    # "upsert": resending is harmless; "lookup": look the record up before resending
+    write_safety: str = "upsert"
+
+    def encode(self, record: Any, parents: dict[Dep, str]) -> Encoded:
+        raise NotImplementedError
+
+    async def write(self, item: WriteItem) -> str:
+        raise NotImplementedError
+
+    async def reconcile(self, item: WriteItem) -> str | None:
+        """An earlier attempt's outcome is unknown: return the target id if it happened, else None."""
+        return None
+
+    async def export(self, stats: RequestStats) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Everything the target holds for this stream, as (natural key, carried fields)."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    def carried(self, encoded: Encoded) -> dict[str, Any]:
+        """The fields verify compares, as the target would hold them after writing `encoded`."""
+        return {}

@@ -1,0 +1,305 @@
+"""The engine: every stream read, mapped and written concurrently, with each outcome in the ledger.
+
+Per stream:  reader ─► [pages] ─► mapper ─► [records] ─► N writers
+All streams run at once; a child record waits only for *its* parents' target ids (the Board), and
+a child whose parent was dead-lettered or skipped is dead-lettered as `missing_dependency`.
+The source cursor advances only behind the low watermark of settled pages (PageTracker).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import anyio
+import msgspec
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from migrator.connectors import Dep, Encoded, Mapped, Page, SourceStream, TargetStream, WriteItem
+from migrator.http import AuthError, HttpError, RequestStats
+from migrator.ledger import DEAD, IN_FLIGHT, SETTLED, SKIPPED, WRITTEN, Ledger, RecordState
+from migrator.model import RecordError, Skip
+
+
+class Progress(Protocol):
+    def start(self, stream: str, total: int | None, done: int) -> None: ...
+    def advance(self, stream: str, n: int = 1) -> None: ...
+    def set_total(self, stream: str, total: int | None) -> None: ...
+    def close(self) -> None: ...
+
+
+class NoProgress:
+    def start(self, stream: str, total: int | None, done: int) -> None: ...
+    def advance(self, stream: str, n: int = 1) -> None: ...
+    def set_total(self, stream: str, total: int | None) -> None: ...
+    def close(self) -> None: ...
+
+
+class MissingDependency(Exception):
+    pass
+
+
+class Board:
+    """Who is waiting for which parent's target id; answers from the ledger once a parent settles."""
+
+    def __init__(self, ledger: Ledger):
+        self.ledger = ledger
+        self.waiters: dict[Dep, anyio.Event] = {}
+        self.done: set[str] = set()
+
+    async def target_id(self, dep: Dep) -> str:
+        while True:
+            # check and register without an await in between: a settle cannot slip past us
+            state = self.ledger.state(*dep)
+            if state is not None and state.state == WRITTEN and state.target_id is not None:
+                return state.target_id
+            if state is not None and state.state in (SKIPPED, DEAD):
+                raise MissingDependency(f"parent {dep[0]} {dep[1]} was {state.state.replace('dead', 'dead-lettered')}")
+            if dep[0] in self.done:
+                raise MissingDependency(f"parent {dep[0]} {dep[1]} does not exist in the source")
+            event = self.waiters.get(dep)
+            if event is None:
+                event = self.waiters[dep] = anyio.Event()
+            await event.wait()
+
+    async def resolve(self, deps: list[Dep]) -> dict[Dep, str]:
+        return {dep: await self.target_id(dep) for dep in deps}
+
+    def settled(self, stream: str, source_id: str) -> None:
+        event = self.waiters.pop((stream, source_id), None)
+        if event is not None:
+            event.set()
+
+    def stream_done(self, stream: str) -> None:
+        self.done.add(stream)
+        for dep in [d for d in self.waiters if d[0] == stream]:
+            self.waiters.pop(dep).set()
+
+
+class PageTracker:
+    """Commits a page's cursor once it and every earlier page are fully settled (low watermark)."""
+
+    def __init__(self, ledger: Ledger, stream: str):
+        self.ledger, self.stream = ledger, stream
+        self.order: deque[int] = deque()
+        self.pages: dict[int, list[Any]] = {}  # seq → [outstanding, cursor, closed]
+        self.seq = 0
+        self.last_committed: str | None = None
+
+    def open(self, cursor: str | None) -> int:
+        self.seq += 1
+        self.order.append(self.seq)
+        self.pages[self.seq] = [0, cursor, False]
+        return self.seq
+
+    def add(self, seq: int) -> None:
+        self.pages[seq][0] += 1
+
+    def close(self, seq: int) -> None:
+        self.pages[seq][2] = True
+        self._advance()
+
+    def done(self, seq: int) -> None:
+        self.pages[seq][0] -= 1
+        self._advance()
+
+    def _advance(self) -> None:
+        while self.order and self.pages[self.order[0]][2] and self.pages[self.order[0]][0] == 0:
+            _, cursor, _ = self.pages.pop(self.order.popleft())
+            if cursor is not None:
+                self.ledger.set_cursor(self.stream, cursor)
+                self.last_committed = cursor
+
+
+class Item(msgspec.Struct):
+    seq: int
+    source_id: str
+    mapped: Mapped
+    prior: RecordState | None
+    native: Any
+
+
+class StreamStats:
+    def __init__(self) -> None:
+        self.requests = RequestStats()
+        self.settled = 0
+        self.started = time.monotonic()
+        self.finished: float | None = None
+        self.losses: dict[tuple[str, str], int] = {}
+        self.dry: dict[str, int] = {}
+        self.dry_requests = 0
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+
+class StreamRunner:
+    def __init__(
+        self,
+        name: str,
+        source: SourceStream,
+        target: TargetStream,
+        mapper: Callable[[str, Any], Mapped],
+        ledger: Ledger,
+        board: Board,
+        writers: int,
+        progress: Progress,
+        limit: int | None = None,
+        dry_keys: Callable[[str, str], bool] | None = None,
+    ):
+        self.name, self.source, self.target, self.mapper = name, source, target, mapper
+        self.ledger, self.board, self.writers, self.progress = ledger, board, writers, progress
+        self.limit, self.dry_keys = limit, dry_keys
+        self.stats = StreamStats()
+        self.tracker = PageTracker(ledger, name)
+        self.active: set[str] = set()  # ids between mapper and settle: offset paging may repeat them
+        self.complete = False
+
+    async def run(self) -> None:
+        cursor, done = self.ledger.cursor(self.name)
+        counts = self.ledger.counts().get(self.name, {})
+        self.progress.start(self.name, self.ledger.stream_totals().get(self.name), sum(counts.values()))
+        if done:
+            self.board.stream_done(self.name)
+            self.stats.finished = time.monotonic()
+            self.complete = True
+            return
+        send_pages, recv_pages = anyio.create_memory_object_stream[Page](2)
+        send_items, recv_items = anyio.create_memory_object_stream[Item](self.writers * 2)
+        exhausted: list[bool] = []
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._read, send_pages, cursor, exhausted)
+            tg.start_soon(self._map, recv_pages, send_items)
+            async with recv_items:
+                for _ in range(self.writers):
+                    tg.start_soon(self._write_loop, recv_items.clone())
+        self.stats.finished = time.monotonic()
+        if exhausted:
+            self.ledger.set_cursor(self.name, self.tracker.last_committed, done=True)
+            self.ledger.commit()
+            self.complete = True
+        self.board.stream_done(self.name)
+
+    async def _read(self, out: ObjectSendStream[Page], cursor: str | None, exhausted: list[bool]) -> None:
+        read = 0
+        async with out:
+            async for page in self.source.pages(cursor, self.stats.requests):
+                if page.total is not None:
+                    self.ledger.set_total(self.name, page.total)
+                    self.progress.set_total(self.name, page.total)
+                if self.limit is not None and read + len(page.records) >= self.limit:
+                    cut = self.limit - read
+                    # a cut page must not move the cursor past records we never read
+                    keep_cursor = page.cursor if cut == len(page.records) else None
+                    await out.send(Page(page.records[:cut], keep_cursor, page.total))
+                    return
+                read += len(page.records)
+                await out.send(page)
+            exhausted.append(True)
+
+    async def _map(self, pages: ObjectReceiveStream[Page], out: ObjectSendStream[Item]) -> None:
+        async with out, pages:
+            async for page in pages:
+                seq = self.tracker.open(page.cursor)
+                ids = list(dict.fromkeys(sid for sid, _ in page.records))
+                self.ledger.add_pending(self.name, ids)
+                prior = self.ledger.states(self.name, ids)
+                for sid, native in page.records:
+                    state = prior.get(sid)
+                    if sid in self.active or (state is not None and state.state in SETTLED):
+                        continue  # settled in an earlier run, or a repeat of this page
+                    self.active.add(sid)
+                    self.tracker.add(seq)
+                    try:
+                        mapped = self.mapper(self.name, self.source.decode(native))
+                    except Skip as skip:
+                        self.ledger.mark_skipped(self.name, sid, skip.reason)
+                        self._settle(seq, sid)
+                        continue
+                    except RecordError as err:
+                        self.ledger.mark_dead(self.name, sid, err.error_class, err.message, err.status, native)
+                        self._settle(seq, sid)
+                        continue
+                    await out.send(Item(seq, sid, mapped, state, native))
+                self.tracker.close(seq)
+
+    def _settle(self, seq: int, sid: str) -> None:
+        self.active.discard(sid)
+        self.board.settled(self.name, sid)
+        self.tracker.done(seq)
+        self.stats.settled += 1
+        self.progress.advance(self.name)
+
+    async def _write_loop(self, items: ObjectReceiveStream[Item]) -> None:
+        async with items:
+            async for item in items:
+                await self._write(item)
+
+    async def _write(self, item: Item) -> None:
+        name, sid = self.name, item.source_id
+        encoded: Encoded | None = None
+        try:
+            parents = await self.board.resolve(item.mapped.deps)
+            encoded = self.target.encode(item.mapped.record, parents)
+            for loss in encoded.losses:
+                key = (loss.field, loss.reason)
+                self.stats.losses[key] = self.stats.losses.get(key, 0) + 1
+            if self.dry_keys is not None:
+                self._dry_run(encoded)
+                self.ledger.mark_written(name, sid, encoded.key)
+                return
+
+            async def save_token(token: str | None) -> None:
+                self.ledger.save_token(name, sid, token)
+                await self.ledger.durable()
+
+            prior = item.prior
+            write = WriteItem(
+                stream=name,
+                source_id=sid,
+                encoded=encoded,
+                token=prior.token if prior else None,
+                save_token=save_token,
+                stats=self.stats.requests,
+            )
+            if prior is not None and prior.state == IN_FLIGHT and self.target.write_safety == "lookup":
+                found = await self.target.reconcile(write)
+                if found is not None:
+                    self.ledger.mark_written(name, sid, found)
+                    return
+            self.ledger.mark_in_flight(name, sid)
+            await self.ledger.durable()  # the intent is on disk before the request leaves
+            target_id = await self.target.write(write)
+            self.ledger.mark_written(name, sid, target_id)
+        except MissingDependency as err:
+            self.ledger.mark_dead(name, sid, "missing_dependency", str(err), None, item.native)
+        except RecordError as err:
+            payload = encoded.payload if encoded is not None else item.native
+            self.ledger.mark_dead(name, sid, err.error_class, err.message, err.status, payload)
+        except AuthError:
+            raise
+        except HttpError as err:
+            payload = encoded.payload if encoded is not None else item.native
+            self.ledger.mark_dead(name, sid, _error_class(err), str(err), err.status, payload)
+        finally:
+            state = self.ledger.state(name, sid)
+            if state is not None and state.state in SETTLED:
+                self._settle(item.seq, sid)
+            # an unsettled record (cancelled mid-write) keeps its place: the cursor must not pass it
+
+    def _dry_run(self, encoded: Encoded) -> None:
+        exists = self.dry_keys(self.name, encoded.key) if self.dry_keys else False
+        verdict = "would_update" if exists else "would_create"
+        self.stats.dry[verdict] = self.stats.dry.get(verdict, 0) + 1
+        self.stats.dry_requests += encoded.requests
+
+
+def _error_class(err: HttpError) -> str:
+    if err.status is None:
+        return "transport_error"
+    if 400 <= err.status < 500:
+        return "target_rejected"
+    return "server_error"

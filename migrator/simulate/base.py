@@ -1,0 +1,122 @@
+"""Shared simulator skeleton: one middleware applies stats, latency, rate limit, auth and faults.
+
+Platforms subclass ``SimulatorBase`` and supply only their specifics (routes, credential,
+error bodies, which routes write). ``/_sim/*`` routes bypass everything but settling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from migrator.simulate.faults import FaultInjector, FaultSpec, Outcome, drop_connection, truncated_response
+from migrator.simulate.ratelimit import TokenBucketLimiter
+from migrator.simulate.stats import SimStats
+
+_BROKEN = "sim_broken"  # marks responses that never (fully) reached the client
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, headers=headers, content_type="application/json")
+
+
+class SimulatorBase:
+    def __init__(
+        self,
+        *,
+        rate: float | None = None,
+        burst: int | None = None,
+        retry_after: str = "seconds",
+        faults: str | FaultSpec | None = None,
+    ) -> None:
+        self.stats = SimStats()
+        self.limiter = TokenBucketLimiter(rate, burst, retry_after)
+        self.fault_spec = FaultSpec.coerce(faults)
+        self.injector = FaultInjector(self.fault_spec)
+
+    # ---- platform hooks -------------------------------------------------------------
+    def credential(self, request: web.Request) -> str:
+        """Rate-limit bucket key: the credential as presented (valid or not)."""
+        raise NotImplementedError
+
+    def authenticate(self, request: web.Request) -> web.StreamResponse | None:
+        """Return an error response to refuse the request, or None to let it through."""
+        return None
+
+    def error_response(self, status: int, headers: dict[str, str] | None = None) -> web.Response:
+        """The platform's body for an injected 5xx or a 429."""
+        raise NotImplementedError
+
+    def is_write(self, request: web.Request) -> bool:
+        return request.method not in ("GET", "HEAD")
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        raise NotImplementedError
+
+    def platform_stats(self) -> dict[str, Any]:
+        return {}
+
+    def on_request(self) -> None:
+        """Called at the start of every request (including /_sim); lazy state upkeep goes here."""
+
+    # ---- app ---------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware])
+        app.router.add_get("/_sim/stats", self._sim_stats)
+        self.add_routes(app.router)
+        return app
+
+    async def _sim_stats(self, request: web.Request) -> web.Response:
+        return json_response({**self.stats.snapshot(), **self.platform_stats()})
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.on_request()
+        if request.path.startswith("/_sim/"):
+            return await handler(request)
+        self.stats.received()
+        try:
+            resp = await self._pipeline(request, handler)
+        except web.HTTPException as exc:
+            self.stats.answered(exc.status)
+            raise
+        except Exception:
+            self.stats.answered(500)
+            raise
+        if not resp.get(_BROKEN):
+            self.stats.answered(resp.status)
+        return resp
+
+    async def _pipeline(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.fault_spec.latency:
+            await asyncio.sleep(self.fault_spec.latency)
+        wait = self.limiter.acquire(self.credential(request))
+        if wait is not None:
+            return self.error_response(429, self.limiter.headers(wait))
+        denied = self.authenticate(request)
+        if denied is not None:
+            return denied
+        fault = self.injector.roll(self.is_write(request))
+        if fault is not None and fault[1] == "before":
+            return await self._inflict(request, fault[0], None)
+        resp = await handler(request)
+        if fault is not None:
+            # The write is applied; the client still sees a failure it cannot interpret.
+            self.stats.faulted("after")
+            return await self._inflict(request, fault[0], resp)
+        return resp
+
+    async def _inflict(self, request: web.Request, outcome: Outcome, resp: web.StreamResponse | None) -> web.StreamResponse:
+        self.stats.faulted(str(outcome))
+        if isinstance(outcome, int):
+            return self.error_response(outcome)
+        if outcome == "drop":
+            broken: web.StreamResponse = drop_connection(request)
+        else:
+            body = resp.body if isinstance(resp, web.Response) and isinstance(resp.body, bytes) else b'{"results":[]}'
+            broken = await truncated_response(request, body, "application/json")
+        broken[_BROKEN] = True
+        return broken

@@ -1,0 +1,149 @@
+"""Fault injection for the simulators: spec parsing and the per-request dice roll.
+
+A spec such as ``"500=0.05,drop=0.01,truncate=0.01,latency=50ms,after=0.5,seed=7"``
+describes what can go wrong; ``FaultInjector`` turns it into one decision per request.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aiohttp import web
+
+# Statuses a spec may inject; anything else is a typo we want to catch early.
+FAULT_STATUSES: tuple[int, ...] = (500, 502, 503, 504)
+VALID_KEYS: tuple[str, ...] = (*(str(s) for s in FAULT_STATUSES), "drop", "truncate", "latency", "after", "seed")
+
+Phase = Literal["before", "after"]
+# A fault outcome is an HTTP status to answer, or a broken-connection kind.
+Outcome = int | Literal["drop", "truncate"]
+
+
+def _prob(key: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"fault spec: {key}={raw!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"fault spec: {key}={raw!r} must be a probability in [0, 1]")
+    return value
+
+
+def _duration(key: str, raw: str) -> float:
+    text = raw.strip().lower()
+    scale = 1.0
+    if text.endswith("ms"):
+        text, scale = text[:-2], 0.001
+    elif text.endswith("s"):
+        text = text[:-1]
+    try:
+        value = float(text) * scale
+    except ValueError:
+        raise ValueError(f"fault spec: {key}={raw!r} is not a duration (e.g. 50ms, 0.2s)") from None
+    if value < 0:
+        raise ValueError(f"fault spec: {key}={raw!r} must not be negative")
+    return value
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """Parsed fault configuration. Probabilities are per request and mutually exclusive."""
+
+    statuses: dict[int, float] = field(default_factory=dict)
+    drop: float = 0.0
+    truncate: float = 0.0
+    latency: float = 0.0  # seconds added to every request
+    after: float = 0.0  # share of write-route faults that strike after the write is applied
+    seed: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> FaultSpec:
+        statuses: dict[int, float] = {}
+        values: dict[str, float] = {}
+        seed: int | None = None
+        for part in (p.strip() for p in text.split(",")):
+            if not part:
+                continue
+            key, sep, raw = part.partition("=")
+            key, raw = key.strip().lower(), raw.strip()
+            if not sep or key not in VALID_KEYS:
+                raise ValueError(f"fault spec: unknown key {key!r} in {part!r}; valid keys: {', '.join(VALID_KEYS)}")
+            if key == "seed":
+                try:
+                    seed = int(raw)
+                except ValueError:
+                    raise ValueError(f"fault spec: seed={raw!r} is not an integer") from None
+            elif key == "latency":
+                values[key] = _duration(key, raw)
+            elif key.isdigit():
+                statuses[int(key)] = _prob(key, raw)
+            else:
+                values[key] = _prob(key, raw)
+        spec = cls(
+            statuses=statuses,
+            drop=values.get("drop", 0.0),
+            truncate=values.get("truncate", 0.0),
+            latency=values.get("latency", 0.0),
+            after=values.get("after", 0.0),
+            seed=seed,
+        )
+        if spec.total() > 1.0 + 1e-9:
+            raise ValueError(f"fault spec: fault probabilities add up to {spec.total():g} > 1")
+        return spec
+
+    @classmethod
+    def coerce(cls, value: str | FaultSpec | None) -> FaultSpec:
+        if value is None:
+            return cls()
+        return value if isinstance(value, FaultSpec) else cls.parse(value)
+
+    def total(self) -> float:
+        return sum(self.statuses.values()) + self.drop + self.truncate
+
+
+class FaultInjector:
+    """Rolls one die per request; seeded so a run's fault sequence is reproducible."""
+
+    def __init__(self, spec: FaultSpec) -> None:
+        self.spec = spec
+        self._rng = random.Random(spec.seed)
+        self._table: list[tuple[float, Outcome]] = []
+        edge = 0.0
+        for status, p in sorted(spec.statuses.items()):
+            edge += p
+            self._table.append((edge, status))
+        for kind in ("drop", "truncate"):
+            edge += getattr(spec, kind)
+            self._table.append((edge, kind))  # type: ignore[arg-type]
+
+    def roll(self, is_write: bool) -> tuple[Outcome, Phase] | None:
+        if self.spec.total() <= 0.0:
+            return None
+        x = self._rng.random()
+        for edge, outcome in self._table:
+            if x < edge:
+                after = is_write and self._rng.random() < self.spec.after
+                return outcome, "after" if after else "before"
+        return None
+
+
+def drop_connection(request: web.Request) -> web.Response:
+    """Close the socket without a response; aiohttp swallows the failed write that follows."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    return web.Response(status=499)  # never reaches the wire
+
+
+async def truncated_response(request: web.Request, body: bytes, content_type: str) -> web.StreamResponse:
+    """Promise more bytes than we send, then hang up, so the client gets a payload error."""
+    resp = web.StreamResponse(status=200, headers={"Content-Type": content_type})
+    resp.content_length = len(body) + 64
+    await resp.prepare(request)
+    await resp.write(body[: max(0, len(body) // 2)])
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    return resp
