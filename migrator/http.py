@@ -302,7 +302,7 @@ class HostClient:
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(limits.concurrency)
         self._paused_until = 0.0  # loop.time() before which nothing is sent to this host
-        self._rate: float | None = limits.rate if limits.rate is not None else limits.adaptive_start
+        self._rate: float = limits.rate if limits.rate is not None else limits.adaptive_start
         self._adaptive = limits.rate is None
         self._limiter = self._new_limiter(self._rate)
         # AIMD bookkeeping (loop.time() values)
@@ -312,8 +312,7 @@ class HostClient:
 
     def __repr__(self) -> str:
         mode = "adaptive" if self._adaptive else "fixed"
-        rate = f"{self._rate:.2f}" if self._rate is not None else "?"
-        return f"<HostClient {self.name} {self.base_url} rate={rate}/s ({mode})>"
+        return f"<HostClient {self.name} {self.base_url} rate={self._rate:.2f}/s ({mode})>"
 
     @property
     def current_rate(self) -> float | None:
@@ -544,7 +543,7 @@ class HostClient:
             if pause is not None:
                 pause = min(pause, self.limits.retry_after_max)
                 self._paused_until = max(self._paused_until, now + pause)
-        if not self._adaptive or self._rate is None:
+        if not self._adaptive:
             return pause
         if status == 429:
             # Requests started before the last cut reflect the old rate; a burst of them counts once.
@@ -573,7 +572,7 @@ class HostClient:
         # Start the new bucket full: no burst right after a change. Filling an empty bucket never
         # suspends, so no other task can see the new limiter half set up.
         await limiter.acquire(limiter.max_rate)
-        log.info("%s: adaptive rate %.2f -> %.2f req/s", self.name, self._rate or 0.0, rate)
+        log.info("%s: adaptive rate %.2f -> %.2f req/s", self.name, self._rate, rate)
         self._rate = rate
         self._limiter = limiter
 

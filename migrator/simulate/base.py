@@ -16,7 +16,7 @@ from migrator.simulate.faults import FaultInjector, FaultSpec, Outcome, drop_con
 from migrator.simulate.ratelimit import TokenBucketLimiter
 from migrator.simulate.stats import SimStats
 
-_BROKEN = "sim_broken"  # marks responses that never (fully) reached the client
+_BROKEN = web.ResponseKey("sim_broken", bool)  # marks responses that never (fully) reached the client
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -64,6 +64,7 @@ class _GeneratedData:
         self.group_count = max(3, records // 100)
         self.inactive = dg.SparseMarks(records, seed, "inactive")  # ~10% "Not Current"
         self._members: dict[int, array[int]] | None = None
+        self._lessons: dict[int, dict[str, Any]] = {}
 
     # -- users -----------------------------------------------------------------
     def __len__(self) -> int:
@@ -178,6 +179,13 @@ class _GeneratedData:
         return [self.lesson(k) for k in range(1, self.lessons + 1)]
 
     def lesson(self, k: int) -> dict[str, Any]:
+        # Lessons are few and read for every schedule row, so build each once.
+        cached = self._lessons.get(k)
+        if cached is None:
+            cached = self._lessons[k] = self._make_lesson(k)
+        return cached
+
+    def _make_lesson(self, k: int) -> dict[str, Any]:
         r = dg.rng(self.seed, "lesson", k)
         created = dg.rand_datetime(r, 2015, 2019)
         return {
