@@ -76,6 +76,14 @@ async def _collect_keys(target: Any, streams: list[str], ledger: Ledger, stats: 
         ledger.db.executemany("INSERT OR IGNORE INTO target_keys VALUES (?, ?)", batch)
 
 
+def _refused(err: AuthError, source_name: str) -> MigrationError:
+    side = "source" if err.host == source_name else "target"
+    return MigrationError(
+        f"the {side} refused the credentials (HTTP {err.status}) at {err.method} {err.path}; check the {side}"
+        " key in the plan. No record was dead-lettered for it: fix the key and rerun with --resume"
+    )
+
+
 async def run(
     plan: Plan,
     *,
@@ -83,14 +91,23 @@ async def run(
     dry_run: bool = False,
     limit: int | None = None,
     progress: Progress | None = None,
+    no_ledger: bool = False,
 ) -> dict[str, Any]:
-    """Migrate everything the plan names; returns the JSON-able run report."""
+    """Migrate everything the plan names; returns the JSON-able run report.
+
+    `no_ledger` keeps the ledger in memory: for benchmarks that price the ledger, never for real runs.
+    """
     progress = progress or NoProgress()
     mapping = mapping_for(plan.source.platform, plan.target.platform, plan.mapping)
     streams = selected_streams(plan, mapping)
     secrets = plan.secrets()
     scratch = tempfile.TemporaryDirectory(prefix="migrator-dry-") if dry_run else None
-    ledger = Ledger(Path(scratch.name) / "dry.sqlite") if scratch else _open_ledger(plan, resume)
+    if scratch:
+        ledger = Ledger(Path(scratch.name) / "dry.sqlite")
+    elif no_ledger:
+        ledger = Ledger(":memory:")
+    else:
+        ledger = _open_ledger(plan, resume)
     run_id = ledger.begin_run("dry-run" if dry_run else ("resume" if resume else "run"))
     source = open_source(plan.source, secrets)
     target = open_target(plan.target, secrets)
@@ -132,18 +149,10 @@ async def run(
                     for runner in runners:
                         tg.start_soon(runner.run)
             except* AuthError as group:
-                err = group.exceptions[0]
-                side = "source" if err.host == source.client.name else "target"  # type: ignore[attr-defined]
-                raise MigrationError(
-                    f"the {side} refused the credentials (HTTP {err.status}) at the first request that needed them;"
-                    f" check the {side} key in the plan. Nothing was dead-lettered; rerun with --resume after fixing it."
-                ) from None
+                raise _refused(group.exceptions[0], source.client.name) from None  # type: ignore[arg-type]
         outcome = "complete" if all(r.complete for r in runners) else "partial"
     except AuthError as err:
-        side = "source" if getattr(err, "host", None) == source.client.name else "target"
-        raise MigrationError(
-            f"the {side} refused the credentials (HTTP {err.status}); check the {side} key in the plan"
-        ) from None
+        raise _refused(err, source.client.name) from None
     finally:
         ledger.end_run(run_id, outcome)
         progress.close()

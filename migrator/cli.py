@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from migrator.report import human_summary
 
     plan = load_plan(args.plan)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     progress = TqdmProgress(enabled=not args.quiet)
     report = anyio.run(
-        lambda: api.run(plan, resume=args.resume, dry_run=args.dry_run, limit=args.limit, progress=progress)
+        lambda: api.run(plan, resume=args.resume, dry_run=args.dry_run, limit=args.limit, progress=progress,
+                        no_ledger=args.no_ledger)
     )
     _write_report(report, args.report)
     print(human_summary(report))
@@ -90,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="read at most N records per stream")
     p.add_argument("--report", metavar="PATH", help="write the JSON run report here")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", "-v", action="store_true", help="log retries, pauses and rate changes")
+    p.add_argument("--no-ledger", action="store_true", help=argparse.SUPPRESS)  # benchmarks only
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("verify", help="compare the source (through the mapping) with the target")

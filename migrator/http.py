@@ -114,9 +114,10 @@ class HttpError(Exception):
     """
 
     def __init__(
-        self, message: str, *, status: int | None, method: str, path: str, body_excerpt: str = ""
+        self, message: str, *, status: int | None, method: str, path: str, body_excerpt: str = "", host: str = ""
     ) -> None:
         super().__init__(message)
+        self.host = host  # the HostClient's name, so the caller can say which side failed
         self.status = status
         self.method = method
         self.path = path
@@ -422,6 +423,7 @@ class HostClient:
                         method=method,
                         path=shown,
                         body_excerpt=excerpt,
+                        host=self.name,
                     )
                 if status not in RETRYABLE_STATUSES:
                     raise HttpError(

@@ -101,7 +101,11 @@ def _fields_at(path: list[str]) -> list[str] | None:
     return None
 
 
-def _explain(err: msgspec.ValidationError) -> str:
+def _stream_fields() -> list[str]:
+    return [f.name for f in msgspec.structs.fields(StreamPlan)]
+
+
+def _explain(err: msgspec.ValidationError, prefix: list[str] | None = None) -> str:
     text = str(err)
     where = ""
     m = re.search(r" - at `\$(.*)`$", text)
@@ -109,10 +113,11 @@ def _explain(err: msgspec.ValidationError) -> str:
         where = m.group(1).lstrip(".")
         where = re.sub(r"\[['\"]?([^\]'\"]+)['\"]?\]", r".\1", where).lstrip(".")
         text = text[: m.start()]
-    parts = where.split(".") if where else []
+    parts = (prefix or []) + (where.split(".") if where else [])
+    where = ".".join(parts)
     if m2 := re.match(r"Object contains unknown field `(.+)`", text):
         key = ".".join([*parts, m2.group(1)])
-        allowed = _fields_at(parts)
+        allowed = _stream_fields() if prefix else _fields_at(parts)
         hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
         return f"unknown key `{key}`: remove it or fix its spelling{hint}"
     if m2 := re.match(r"Object missing required field `(.+)`", text):
@@ -159,6 +164,14 @@ def parse_plan(text: str, *, base_dir: str = ".", env: dict[str, str] | None = N
             got = section.get("platform")
             what = f"'{got}' is not a known {side} platform" if got else "missing key"
             raise PlanError(f"`{side}.platform`: {what}; choose one of: {', '.join(known)}")
+    streams = raw.get("streams")
+    if isinstance(streams, dict):
+        # msgspec cannot name a dict key in its error path, so each stream is checked on its own
+        for stream_name, body in streams.items():
+            try:
+                msgspec.convert(body, StreamPlan)
+            except msgspec.ValidationError as exc:
+                raise PlanError(_explain(exc, prefix=["streams", stream_name])) from None
     try:
         plan = msgspec.convert(raw, Plan)
     except msgspec.ValidationError as exc:

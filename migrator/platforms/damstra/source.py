@@ -138,19 +138,21 @@ class DamstraCompletions(SourceStream):
                 return
             start += len(rows)
 
+    async def _fetch_gated(
+        self, gate: anyio.Semaphore, user_id: Any, stats: RequestStats, out: list[tuple[str, Any]]
+    ) -> None:
+        async with gate:
+            await self._schedules(user_id, stats, out)
+
     async def pages(self, cursor: str | None, stats: RequestStats) -> AsyncIterator[Page]:
         async for users, after, _total in self.users.pages(cursor, stats):
             found: list[tuple[str, Any]] = []
             gate = anyio.Semaphore(self.fetchers)
 
-            async def fetch(uid: Any) -> None:
-                async with gate:
-                    await self._schedules(uid, stats, found)
-
             async with anyio.create_task_group() as tg:
                 for user in users:
                     if isinstance(user.get("id"), int):
-                        tg.start_soon(fetch, user["id"])
+                        tg.start_soon(self._fetch_gated, gate, user["id"], stats, found)
             found.sort(key=lambda pair: pair[0])
             yield Page(found, str(after), None)
 
