@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench-memory clean
+.PHONY: demo test install lint bench bench-quick bench-memory clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,21 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check migrator mappings tests benchmarks
 
-bench-memory: $(STAMP)
+# Benchmarks need the peers and measuring tools of the `bench` extra (dlt, matplotlib, psutil, py-spy).
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/bench.py --full
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/bench.py --quick
+
+bench-memory: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/memory.py
 
 clean:

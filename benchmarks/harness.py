@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ RESULTS = BENCH_DIR / "RESULTS.md"
 LOOPBACK = "127.0.0.1"
 DAMSTRA_KEY = "bench-damstra-key-5d1c"
 CIVICA_KEY = "bench-civica-key-9e27"
-SCOPE = "bench.learning-admin.com"
+SCOPE = "demo.learning-admin.com"  # the only scope `migrator sim civica` accepts
 
 
 def migrator_cmd() -> list[str]:
@@ -43,6 +44,7 @@ def shown(cmd: list[str]) -> str:
         p = str(part)
         if p.startswith(str(ROOT) + "/"):
             p = p[len(str(ROOT)) + 1 :]
+        p = p.replace(DAMSTRA_KEY, "$BENCH_DAMSTRA_KEY").replace(CIVICA_KEY, "$BENCH_CIVICA_KEY")
         out.append(p)
     return " ".join(out)
 
@@ -154,6 +156,7 @@ def write_plan(
     """A Damstra -> Civica plan. Groups always run (users wait on their groups' target ids; Civica
     groups cost no request); certificates only when asked."""
     table = "\n".join(f'"{n}" = "CERT-{n}"' for n in range(101, 121))
+    mapping = f'\n[mapping]\nunmapped_lessons = "skip"\n\n[mapping.certifications]\n{table}\n' if certificates else ""
     target_limits = target_limits or {"concurrency": 64, "rate": 1_000_000, "burst": 10_000}
     source_limits = source_limits or {"concurrency": 8, "rate": 1_000_000, "burst": 10_000}
     certs = (
@@ -186,13 +189,7 @@ poll_max = {poll_max}
 [streams.users]
 writers = {writers}
 
-{certs}
-[mapping]
-unmapped_lessons = "skip"
-
-[mapping.certifications]
-{table}
-"""
+{certs}{mapping}"""
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(ledger + "*"):
         stale.unlink()
@@ -241,10 +238,12 @@ def run_measured(
     kill_after: float | None = None,
     sample_every: float = 0.5,
     report_path: Path | None = None,
+    on_tick: Callable[[float], bool] | None = None,
 ) -> Measured:
-    """Run `cmd`, wait for it with wait4 (exact peak RSS and CPU), SIGKILL it at `kill_after` s.
+    """Run `cmd`, wait for it with wait4 (exact peak RSS and CPU), SIGKILL it at `kill_after` s
+    or as soon as `on_tick(elapsed)` returns True (it is called every ~20 ms while the child runs).
 
-    A run still going at `timeout` is killed and reported as an error by the caller.
+    A run still going at `timeout` is killed and raised as an error.
     """
     cwd.mkdir(parents=True, exist_ok=True)
     out_path = cwd / f"out-{time.monotonic_ns()}.log"
@@ -254,6 +253,7 @@ def run_measured(
     samples: list[tuple[float, int]] = []
     next_sample = started
     killed_at = None
+    timed_out = False
     status = rusage = None
     while True:
         pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
@@ -265,16 +265,18 @@ def run_measured(
             if rss is not None:
                 samples.append((round(now - started, 2), rss))
             next_sample = now + sample_every
-        limit = kill_after if kill_after is not None else timeout
-        if killed_at is None and now - started >= limit:
+        limit_hit = now - started >= (kill_after if kill_after is not None else timeout)
+        asked = killed_at is None and on_tick is not None and on_tick(now - started)
+        if killed_at is None and (asked or limit_hit):
             os.kill(proc.pid, signal.SIGKILL)
             killed_at = now - started
+            timed_out = limit_hit and not asked and kill_after is None
         time.sleep(0.02)
     seconds = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: tell Popen so
     output = out_path.read_text(errors="replace")
     out_path.unlink()
-    if killed_at is not None and kill_after is None:
+    if timed_out:
         raise RuntimeError(f"timed out after {timeout:.0f} s: {shown(cmd)}\n{output[-2000:]}")
     report = None
     if report_path is not None and report_path.exists():
@@ -293,14 +295,21 @@ def run_measured(
 
 
 def migrate(
-    plan: Path, *, timeout: float, extra: list[str] | None = None, kill_after: float | None = None, tag: str = "run"
+    plan: Path,
+    *,
+    timeout: float,
+    extra: list[str] | None = None,
+    kill_after: float | None = None,
+    on_tick: Callable[[float], bool] | None = None,
+    tag: str = "run",
+    prefix: list[str] | None = None,
 ) -> Measured:
-    """`migrator run PLAN --quiet --report ...` as a child process, measured."""
+    """`migrator run PLAN --quiet --report ...` as a child process, measured (`prefix`: e.g. a profiler)."""
     report = plan.parent / f"report-{tag}.json"
     report.unlink(missing_ok=True)
-    cmd = [*migrator_cmd(), "run", str(plan), "--quiet", "--report", str(report), *(extra or [])]
-    m = run_measured(cmd, cwd=plan.parent, timeout=timeout, kill_after=kill_after, report_path=report)
-    if kill_after is None and m.returncode != 0:
+    cmd = [*(prefix or []), *migrator_cmd(), "run", str(plan), "--quiet", "--report", str(report), *(extra or [])]
+    m = run_measured(cmd, cwd=plan.parent, timeout=timeout, kill_after=kill_after, report_path=report, on_tick=on_tick)
+    if m.killed_at is None and m.returncode != 0:
         raise RuntimeError(f"migrator exited {m.returncode}: {shown(cmd)}\n{m.output[-3000:]}")
     return m
 

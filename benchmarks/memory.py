@@ -54,7 +54,10 @@ def measure(size: int, workdir: Path) -> dict:
         )
         m = migrate(plan, timeout=max(120.0, size / 200))
         target = civica.stats()
-        sims = [shown(damstra.cmd), shown(civica.cmd)]
+        sims = [
+            shown(damstra.cmd).replace(str(damstra.port), "$DAMSTRA_PORT") + " &",
+            shown(civica.cmd).replace(str(civica.port), "$CIVICA_PORT") + " &",
+        ]
     users = (m.report or {}).get("streams", {}).get("users", {})
     if users.get("written") != size or target.get("users") != size:
         raise RuntimeError(f"{size} users: migrator wrote {users.get('written')}, Civica holds {target.get('users')}")
@@ -65,7 +68,10 @@ def measure(size: int, workdir: Path) -> dict:
         "cpu": m.cpu_seconds,
         "rate": size / m.seconds,
         "requests": target["requests"],
-        "cmd": shown(m.cmd),
+        "cmd": shown(m.cmd).replace(str(folder), "$WORK"),
+        "plan": plan.read_text().replace(damstra.url, "http://127.0.0.1:$DAMSTRA_PORT").replace(
+            civica.url, "http://127.0.0.1:$CIVICA_PORT"
+        ),
         "sims": sims,
         "samples": m.rss_samples,
     }
@@ -128,8 +134,16 @@ def render(rows: list[dict], ratio: float, ok: bool, wall: float) -> str:
         "",
         "```",
         *large["sims"],
-        large["cmd"].replace(str(large["size"]), str(large["size"])),
+        large["cmd"],
         "```",
+        "",
+        "<details><summary>$WORK/plan.toml (keys come from BENCH_DAMSTRA_KEY / BENCH_CIVICA_KEY)</summary>",
+        "",
+        "```toml",
+        large["plan"].rstrip(),
+        "```",
+        "",
+        "</details>",
     ]
     return "\n".join(lines)
 

@@ -248,7 +248,8 @@ class HostClient:
        holds at most ``rate + burst`` starts.
 
     When ``limits.rate`` is None the limit is unknown and the rate adapts, AIMD style like TCP
-    congestion control: start at ``adaptive_start``; a 429 halves the rate (at most once per
+    congestion control: start at ``adaptive_start`` and double each clean half second until the
+    first 429 (slow start); a 429 halves the rate (at most once per
     second, and only for requests started since the last cut, so one burst of 429s counts once;
     never below ``adaptive_min``); each second of clean responses in which the rate was actually
     used (>= half of it) raises the rate by 10% (never above ``adaptive_max``). A rate change
@@ -305,6 +306,7 @@ class HostClient:
         self._paused_until = 0.0  # loop.time() before which nothing is sent to this host
         self._rate: float = limits.rate if limits.rate is not None else limits.adaptive_start
         self._adaptive = limits.rate is None
+        self._slow_start = True
         self._limiter = self._new_limiter(self._rate)
         # AIMD bookkeeping (loop.time() values)
         self._last_cut = -math.inf
@@ -552,14 +554,19 @@ class HostClient:
             if started >= self._last_cut and now - self._last_cut >= 1.0:
                 await self._set_rate(max(self.limits.adaptive_min, self._rate / 2))
                 self._last_cut = now
+                self._slow_start = False
             self._window_start, self._window_ok = now, 0
         elif status < 500:
             self._window_ok += 1
             elapsed = now - self._window_start
-            if elapsed >= 1.0:
+            # Slow start (before the first 429): double every clean half second, like TCP, so an
+            # unknown but generous limit is found in seconds; afterwards probe gently, +10%/s.
+            window = 0.5 if self._slow_start else 1.0
+            if elapsed >= window:
                 # Probe upward only if the rate was actually used; idle time proves nothing.
                 if self._window_ok >= 0.5 * self._rate * elapsed and self._rate < self.limits.adaptive_max:
-                    await self._set_rate(min(self.limits.adaptive_max, self._rate * 1.1))
+                    factor = 2.0 if self._slow_start else 1.1
+                    await self._set_rate(min(self.limits.adaptive_max, self._rate * factor))
                 self._window_start, self._window_ok = now, 0
         return pause
 
