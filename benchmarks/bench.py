@@ -83,29 +83,29 @@ QUICK = Sizes(
     naive_seconds=3,
     lat_users=1_500,
     lat_dlt_users=400,
-    lat_dlt_default_users=30,
+    lat_dlt_default_users=20,
     lat_naive_seconds=3,
     told_rate=150,
-    told_seconds=6,
-    adaptive_rate=80,
-    adaptive_seconds=20,
+    told_seconds=5,
+    adaptive_rate=250,
+    adaptive_seconds=15,
     lat_limit_rate=120,
     lat_limit_concurrency=16,
-    lat_limit_seconds=6,
+    lat_limit_seconds=5,
     rss_users=15_000,
-    kill_users=1_500,
+    kill_users=1_000,
     sweep=(1, 8, 64),
-    sweep_users=1_200,
+    sweep_users=800,
     profile_users=0,
 )
 
 FULL = Sizes(
     name="full",
     users=100_000,
-    dlt_users=4_000,
+    dlt_users=3_000,
     naive_seconds=12,
     lat_users=10_000,
-    lat_dlt_users=3_000,
+    lat_dlt_users=2_000,
     lat_dlt_default_users=100,
     lat_naive_seconds=12,
     told_rate=250,
@@ -115,10 +115,10 @@ FULL = Sizes(
     lat_limit_rate=120,
     lat_limit_concurrency=16,
     lat_limit_seconds=20,
-    rss_users=300_000,
+    rss_users=250_000,
     kill_users=8_000,
     sweep=(1, 2, 4, 8, 16, 32, 64, 128),
-    sweep_users=5_000,
+    sweep_users=4_000,
     profile_users=20_000,
 )
 
@@ -152,10 +152,15 @@ class Bench:
     def sims(self, tag: str, records: int, *, civica: list[str] | None = None, damstra: list[str] | None = None
              ) -> Iterator[tuple[Sim, Sim]]:
         folder = self.work / tag
+        d = Sim("damstra", folder, args=["--records", str(records), "--seed", "5", *(damstra or [])])
+        c = Sim("civica", folder, args=["--status-delay", "0", *(civica or [])])
         with ExitStack() as stack:
-            d = stack.enter_context(Sim("damstra", folder, args=["--records", str(records), "--seed", "5", *(damstra or [])]))
-            c = stack.enter_context(Sim("civica", folder, args=["--status-delay", "0", *(civica or [])]))
-            self._note_cmd(tag, d, c, [shown(d.cmd), shown(c.cmd)])
+            for sim in (d, c):  # both start at once, then both are waited for
+                stack.callback(sim.stop)
+                sim.start()
+            d.wait_ready()
+            c.wait_ready()
+            self._note_cmd(tag, d, c, [shown(d.cmd) + " &", shown(c.cmd) + " &"])
             yield d, c
 
     def _note_cmd(self, tag: str, d: Sim, c: Sim, lines: list[str]) -> None:
@@ -493,9 +498,12 @@ class Bench:
     @staticmethod
     def _ratio_rows(rows: dict[str, dict[str, Any]], ref: str) -> list[dict[str, Any]]:
         base = rows[ref]["users_per_second"]
+        raw = rows.get("raw aiohttp (ceiling)", {}).get("users_per_second")
         out = []
         for name, r in rows.items():
-            out.append({"contestant": name, **r, "migrator ÷ this": base / r["users_per_second"] if r["users_per_second"] else None})
+            rate = r["users_per_second"]
+            out.append({"contestant": name, **r, "migrator ÷ this": base / rate if rate else None,
+                        "raw ÷ this": raw / rate if raw and rate else None})
         return out
 
 
@@ -546,11 +554,12 @@ def render(b: Bench, wall: float, cmdline: str) -> str:
 
     def contestant_table(title: str, key: str, intro: str) -> None:
         L.extend([f"## {title}", "", intro, "",
-                  "| contestant | users | seconds | users/s | migrator ÷ this | CPU s | peak RSS MB | requests |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"])
+                  "| contestant | users | seconds | users/s | migrator ÷ this | raw ceiling ÷ this | CPU s | peak RSS MB | requests |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"])
         for r in b.tables.get(key, []):
             L.append(f"| {r['contestant']} | {fmt(r['users'])} | {fmt(r['seconds'])} | {fmt(r['users_per_second'])} | "
-                     f"{fmt(r['migrator ÷ this'], 2)} | {fmt(r['cpu'])} | {fmt(r['rss_mb'])} | {fmt(r['requests'])} |")
+                     f"{fmt(r['migrator ÷ this'], 2)} | {fmt(r['raw ÷ this'], 2)} | {fmt(r['cpu'])} | {fmt(r['rss_mb'])} | "
+                     f"{fmt(r['requests'])} |")
         L.append("")
 
     contestant_table(

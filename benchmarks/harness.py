@@ -92,21 +92,29 @@ class Sim(AbstractContextManager["Sim"]):
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Sim:
+        self.start()
+        self.wait_ready()
+        return self
+
+    def start(self) -> None:
+        """Spawn the process; `wait_ready` blocks until it answers (start several, then wait)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=bench_env(), cwd=ROOT)
-        log.close()
-        deadline = time.monotonic() + 30
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=bench_env(), cwd=ROOT)
+
+    def wait_ready(self, within: float = 30.0) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.platform} simulator exited: {self.log_path.read_text()[-500:]}")
             try:
                 self.stats()
-                return self
+                return
             except OSError:
-                time.sleep(0.1)
+                time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"{self.platform} simulator did not start within 30 s")
+        raise RuntimeError(f"{self.platform} simulator did not start within {within:.0f} s")
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -7,12 +7,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import msgspec
 
 from migrator.http import RequestStats
 
 Dep = tuple[str, str]  # (stream, source id) of a parent record
+
+
+def segment(value: object) -> str:
+    """A value as ONE percent-encoded path segment: `/`, `?`, `#`, `%`, spaces and dot-only names
+    are all encoded, so an id can never reach another route (HostClient sends paths as encoded)."""
+    text = quote(str(value), safe="")
+    if text.strip(".") == "":
+        text = text.replace(".", "%2E")
+    return text
 
 
 class Page(NamedTuple):

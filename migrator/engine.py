@@ -156,6 +156,7 @@ class StreamRunner:
         self.stats = StreamStats()
         self.tracker = PageTracker(ledger, name)
         self.active: set[str] = set()  # ids between mapper and settle: offset paging may repeat them
+        self.claims: dict[str, str] = {}  # target key → source id being written to it
         self.complete = False
 
     async def run(self) -> None:
@@ -244,6 +245,7 @@ class StreamRunner:
         try:
             parents = await self.board.resolve(item.mapped.deps)
             encoded = self.target.encode(item.mapped.record, parents)
+            self._claim(encoded.key, sid)
             for loss in encoded.losses:
                 key = (loss.field, loss.reason)
                 self.stats.losses[key] = self.stats.losses.get(key, 0) + 1
@@ -285,10 +287,21 @@ class StreamRunner:
             payload = encoded.payload if encoded is not None else item.native
             self.ledger.mark_dead(name, sid, _error_class(err), str(err), err.status, payload)
         finally:
+            if encoded is not None and self.claims.get(encoded.key) == sid:
+                del self.claims[encoded.key]
             state = self.ledger.state(name, sid)
             if state is not None and state.state in SETTLED:
                 self._settle(item.seq, sid)
             # an unsettled record (cancelled mid-write) keeps its place: the cursor must not pass it
+
+    def _claim(self, key: str, sid: str) -> None:
+        """Two source records must not become one target record: the second is dead-lettered."""
+        owner = self.claims.get(key) or self.ledger.owner_of(self.name, key, sid)
+        if owner is not None and owner != sid:
+            raise RecordError(
+                "duplicate_natural_key", f"target key '{key}' is already carried by source record {owner}"
+            )
+        self.claims[key] = sid
 
     def _dry_run(self, encoded: Encoded) -> None:
         exists = self.dry_keys(self.name, encoded.key) if self.dry_keys else False

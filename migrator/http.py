@@ -352,6 +352,38 @@ class HostClient:
 
     # ------------------------------------------------------------------ request
 
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        idempotent: bool = True,
+        stats: RequestStats | None = None,
+    ) -> Any:
+        """``request`` and decode the JSON body. A body that is not JSON (cut short by a proxy, a
+        gateway's HTML error page) is retried like a transport error when the request is
+        idempotent; for a write it means the outcome is unknown."""
+        attempt = 0
+        while True:
+            resp = await self.request(method, path, params=params, json=json, idempotent=idempotent, stats=stats)
+            try:
+                return resp.json()
+            except ProtocolError as err:
+                attempt += 1
+                if not idempotent:
+                    raise AmbiguousOutcome(
+                        str(err), status=err.status, method=err.method, path=err.path, host=self.name
+                    ) from None
+                if attempt > self.limits.max_retries:
+                    raise
+                for counter in (self.stats,) if stats is None or stats is self.stats else (self.stats, stats):
+                    counter.retries += 1
+                delay = random.uniform(0, min(self.limits.backoff_cap, self.limits.backoff_base * 2 ** (attempt - 1)))
+                log.info("%s: %s; retrying in %.2fs", self.name, err, delay)
+                await asyncio.sleep(delay)
+
     async def request(
         self,
         method: str,
@@ -372,7 +404,8 @@ class HostClient:
         if not path.startswith("/"):
             path = "/" + path
         shown = self._show_path(path, params)
-        url = URL(self.base_url + path)
+        # paths arrive already encoded (connectors.segment): yarl must not re-encode or drop `..`
+        url = URL(self.base_url + path, encoded=True)
         data = orjson.dumps(json) if json is not None else None
         req_headers = dict(headers or {})
         if data is not None:

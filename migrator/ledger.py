@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS records (
     target_id TEXT, token TEXT, reason TEXT, attempts INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
     PRIMARY KEY (stream, source_id)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_state ON records (stream, state);
+CREATE INDEX IF NOT EXISTS records_target ON records (stream, target_id);
 CREATE TABLE IF NOT EXISTS dead_letters (
     stream TEXT NOT NULL, source_id TEXT NOT NULL, error_class TEXT NOT NULL, message TEXT NOT NULL,
     status INTEGER, payload TEXT, created REAL NOT NULL, PRIMARY KEY (stream, source_id)) WITHOUT ROWID;
@@ -164,6 +165,14 @@ class Ledger:
             "SELECT state, target_id, token FROM records WHERE stream = ? AND source_id = ?", (stream, source_id)
         ).fetchone()
         return RecordState(*row) if row else None
+
+    def owner_of(self, stream: str, target_id: str, other_than: str) -> str | None:
+        """The source record already written to this target key, if another one was."""
+        row = self.db.execute(
+            "SELECT source_id FROM records WHERE stream = ? AND target_id = ? AND source_id != ? LIMIT 1",
+            (stream, target_id, other_than),
+        ).fetchone()
+        return row[0] if row else None
 
     def add_pending(self, stream: str, source_ids: Iterable[str]) -> None:
         now = time.time()

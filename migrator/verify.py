@@ -38,6 +38,8 @@ async def verify(plan: Plan) -> dict[str, Any]:
         db = sqlite3.connect(Path(tmp) / "verify.sqlite")
         db.executescript(
             "CREATE TABLE keys (stream TEXT, source_id TEXT, key TEXT, PRIMARY KEY (stream, source_id));"
+            "CREATE TABLE seen (stream TEXT, source_id TEXT, PRIMARY KEY (stream, source_id));"
+            "CREATE INDEX keys_by_key ON keys (stream, key);"
             "CREATE TABLE expected (stream TEXT, key TEXT, fields BLOB);"
             "CREATE TABLE actual (stream TEXT, key TEXT, fields BLOB);"
             "CREATE INDEX e ON expected (stream, key); CREATE INDEX a ON actual (stream, key);"
@@ -49,6 +51,8 @@ async def verify(plan: Plan) -> dict[str, Any]:
                 tstream = target.streams[name]
                 async for page in source.streams[name].pages(None, stats):
                     for sid, native in page.records:
+                        if db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (name, sid)).rowcount == 0:
+                            continue  # offset paging repeats records on purpose
                         why = None
                         try:
                             mapped = mapping.map(name, source.streams[name].decode(native))
@@ -61,6 +65,9 @@ async def verify(plan: Plan) -> dict[str, Any]:
                                     raise RecordError("missing_dependency", "")
                                 parents[dep] = row[0]
                             encoded = tstream.encode(mapped.record, parents)
+                            taken = "SELECT 1 FROM keys WHERE stream = ? AND key = ?"
+                            if db.execute(taken, (name, encoded.key)).fetchone():
+                                raise RecordError("duplicate_natural_key", "")
                         except Skip:
                             why = "skipped"
                         except RecordError as err:

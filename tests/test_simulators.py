@@ -62,20 +62,25 @@ def test_fault_spec_parse() -> None:
     assert spec.latency == pytest.approx(0.05)
     assert FaultSpec.parse("latency=2s").latency == 2.0
     assert FaultSpec.parse("").total() == 0.0
+    slow = FaultSpec.parse("slow=0.25,slow_delay=1500ms,500=0.1")
+    assert (slow.slow, slow.slow_delay, slow.total()) == (0.25, 1.5, pytest.approx(0.35))
+    assert FaultSpec.parse("slow=1").slow_delay == 3.0  # the default delay
 
 
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [("501=0.1", "'501'"), ("boom=1", "'boom'"), ("drop", "'drop'"), ("500=abc", "not a number"),
      ("drop=1.5", "probability"), ("latency=fast", "duration"), ("500=0.6,drop=0.6", "add up"),
-     ("seed=x", "integer")],
+     ("seed=x", "integer"), ("slow=lots", "slow='lots' is not a number"), ("slow=2", "slow='2' must be"),
+     ("slow_delay=soon", "slow_delay='soon' is not a duration"), ("slow_delay=-1s", "slow_delay='-1s' must not"),
+     ("slow=0.6,500=0.5", "add up"), ("slowness=1", "'slowness'")],
 )
 def test_fault_spec_errors(text: str, fragment: str) -> None:
     with pytest.raises(ValueError) as err:
         FaultSpec.parse(text)
     assert fragment in str(err.value)
     if "unknown key" in str(err.value):
-        assert "valid keys: 500, 502, 503, 504, drop, truncate, latency, after, seed" in str(err.value)
+        assert "valid keys: 500, 502, 503, 504, drop, truncate, slow, slow_delay, latency, after, seed" in str(err.value)
 
 
 async def test_serve_runs_until_cancelled() -> None:

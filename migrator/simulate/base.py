@@ -2,11 +2,16 @@
 
 Platforms subclass ``SimulatorBase`` and supply only their specifics (routes, credential,
 error bodies, which routes write). ``/_sim/*`` routes bypass everything but settling.
+
+``on_served(request, response)``, when set, is called on the simulator's loop after each
+(non-``/_sim``) request was handled and before its answer is sent: a test can change the data at an
+exact moment of a run (e.g. delete records behind a reader's offset once it has been served page 2).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -31,11 +36,13 @@ class SimulatorBase:
         burst: int | None = None,
         retry_after: str = "seconds",
         faults: str | FaultSpec | None = None,
+        on_served: Callable[[web.Request, web.StreamResponse], None] | None = None,
     ) -> None:
         self.stats = SimStats()
         self.limiter = TokenBucketLimiter(rate, burst, retry_after)
         self.fault_spec = FaultSpec.coerce(faults)
         self.injector = FaultInjector(self.fault_spec)
+        self.on_served = on_served
 
     # ---- platform hooks -------------------------------------------------------------
     def credential(self, request: web.Request) -> str:
@@ -44,6 +51,10 @@ class SimulatorBase:
 
     def authenticate(self, request: web.Request) -> web.StreamResponse | None:
         """Return an error response to refuse the request, or None to let it through."""
+        return None
+
+    def refuse_early(self, request: web.Request) -> web.StreamResponse | None:
+        """Checked before the rate limiter (e.g. a revoked key is refused even when over the rate)."""
         return None
 
     def error_response(self, status: int, headers: dict[str, str] | None = None) -> web.Response:
@@ -88,11 +99,16 @@ class SimulatorBase:
             raise
         if not resp.get(_BROKEN):
             self.stats.answered(resp.status)
+        if self.on_served is not None:
+            self.on_served(request, resp)
         return resp
 
     async def _pipeline(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if self.fault_spec.latency:
             await asyncio.sleep(self.fault_spec.latency)
+        refused = self.refuse_early(request)
+        if refused is not None:
+            return refused
         wait = self.limiter.acquire(self.credential(request))
         if wait is not None:
             return self.error_response(429, self.limiter.headers(wait))
@@ -100,6 +116,8 @@ class SimulatorBase:
         if denied is not None:
             return denied
         fault = self.injector.roll(self.is_write(request))
+        if fault is not None and fault[0] == "slow":
+            return await self._slow(request, handler, fault[1])
         if fault is not None and fault[1] == "before":
             return await self._inflict(request, fault[0], None)
         resp = await handler(request)
@@ -107,6 +125,27 @@ class SimulatorBase:
             # The write is applied; the client still sees a failure it cannot interpret.
             self.stats.faulted("after")
             return await self._inflict(request, fault[0], resp)
+        return resp
+
+    async def _slow(self, request: web.Request, handler: Any, phase: str) -> web.StreamResponse:
+        """Hold the answer back ``slow_delay`` s; ``after``: the write is applied first, else after the delay."""
+        self.stats.faulted("slow")
+        delay = self.fault_spec.slow_delay
+        if phase == "after":
+            self.stats.faulted("after")
+            resp = await handler(request)
+            await asyncio.sleep(delay)
+        else:
+            await asyncio.sleep(delay)
+            if _client_gone(request):
+                # An abandoned request is dropped before the handler runs: nothing is applied.
+                self.stats.faulted("slow_abandoned")
+                resp = web.Response(status=499)
+                resp[_BROKEN] = True
+                return resp
+            resp = await handler(request)
+        if _client_gone(request):
+            resp[_BROKEN] = True  # the client gave up: the answer will never arrive
         return resp
 
     async def _inflict(self, request: web.Request, outcome: Outcome, resp: web.StreamResponse | None) -> web.StreamResponse:
@@ -120,3 +159,13 @@ class SimulatorBase:
             broken = await truncated_response(request, body, "application/json")
         broken[_BROKEN] = True
         return broken
+
+
+def delivered(resp: web.StreamResponse) -> bool:
+    """True unless the response was broken on purpose (dropped, truncated, or its client gave up)."""
+    return not resp.get(_BROKEN)
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()

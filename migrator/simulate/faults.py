@@ -1,7 +1,15 @@
 """Fault injection for the simulators: spec parsing and the per-request dice roll.
 
-A spec such as ``"500=0.05,drop=0.01,truncate=0.01,latency=50ms,after=0.5,seed=7"``
+A spec such as ``"500=0.05,drop=0.01,truncate=0.01,slow=0.02,slow_delay=2s,latency=50ms,after=0.5,seed=7"``
 describes what can go wrong; ``FaultInjector`` turns it into one decision per request.
+
+Outcomes (mutually exclusive, one roll per request): an injected status (500/502/503/504), ``drop``
+(the socket is closed without an answer), ``truncate`` (half a body, then the socket is closed) and
+``slow`` (the answer is held back ``slow_delay`` seconds, meant to outlast the client's timeout).
+On write routes ``after`` is the share of those faults that strike *after* the write was applied;
+for ``slow`` that means the write is applied at once and only the answer is late, while a ``before``
+slow write is applied after the delay -- unless the client has hung up by then, as a gateway drops
+an abandoned request (the client cannot tell the two apart: that is the point).
 """
 
 from __future__ import annotations
@@ -14,11 +22,14 @@ from aiohttp import web
 
 # Statuses a spec may inject; anything else is a typo we want to catch early.
 FAULT_STATUSES: tuple[int, ...] = (500, 502, 503, 504)
-VALID_KEYS: tuple[str, ...] = (*(str(s) for s in FAULT_STATUSES), "drop", "truncate", "latency", "after", "seed")
+VALID_KEYS: tuple[str, ...] = (
+    *(str(s) for s in FAULT_STATUSES), "drop", "truncate", "slow", "slow_delay", "latency", "after", "seed",
+)
+DEFAULT_SLOW_DELAY = 3.0
 
 Phase = Literal["before", "after"]
 # A fault outcome is an HTTP status to answer, or a broken-connection kind.
-Outcome = int | Literal["drop", "truncate"]
+Outcome = int | Literal["drop", "truncate", "slow"]
 
 
 def _prob(key: str, raw: str) -> float:
@@ -54,6 +65,8 @@ class FaultSpec:
     statuses: dict[int, float] = field(default_factory=dict)
     drop: float = 0.0
     truncate: float = 0.0
+    slow: float = 0.0  # share of requests whose answer is held back slow_delay seconds
+    slow_delay: float = DEFAULT_SLOW_DELAY
     latency: float = 0.0  # seconds added to every request
     after: float = 0.0  # share of write-route faults that strike after the write is applied
     seed: int | None = None
@@ -75,7 +88,7 @@ class FaultSpec:
                     seed = int(raw)
                 except ValueError:
                     raise ValueError(f"fault spec: seed={raw!r} is not an integer") from None
-            elif key == "latency":
+            elif key in ("latency", "slow_delay"):
                 values[key] = _duration(key, raw)
             elif key.isdigit():
                 statuses[int(key)] = _prob(key, raw)
@@ -85,6 +98,8 @@ class FaultSpec:
             statuses=statuses,
             drop=values.get("drop", 0.0),
             truncate=values.get("truncate", 0.0),
+            slow=values.get("slow", 0.0),
+            slow_delay=values.get("slow_delay", DEFAULT_SLOW_DELAY),
             latency=values.get("latency", 0.0),
             after=values.get("after", 0.0),
             seed=seed,
@@ -100,7 +115,7 @@ class FaultSpec:
         return value if isinstance(value, FaultSpec) else cls.parse(value)
 
     def total(self) -> float:
-        return sum(self.statuses.values()) + self.drop + self.truncate
+        return sum(self.statuses.values()) + self.drop + self.truncate + self.slow
 
 
 class FaultInjector:
@@ -114,7 +129,7 @@ class FaultInjector:
         for status, p in sorted(spec.statuses.items()):
             edge += p
             self._table.append((edge, status))
-        for kind in ("drop", "truncate"):
+        for kind in ("drop", "truncate", "slow"):
             edge += getattr(spec, kind)
             self._table.append((edge, kind))  # type: ignore[arg-type]
 

@@ -1,6 +1,8 @@
 """Civica Learning simulator: the RPC-style target a migration writes into.
 
-SetUser is asynchronous (202 + Location, applied after ``status_delay``), AwardCertificate is
+SetUser is asynchronous (202 + Location, applied after ``status_delay``; a ``status_fail`` share ends
+status 3 instead, and a ``status_stuck`` share stays status 1 for ``status_stuck_for`` seconds and then
+ends 3 - a create that is stuck still holds its username, so a resend meanwhile meets 409), AwardCertificate is
 deliberately not idempotent, and reads page with opaque cursors - the behaviours a resumable,
 exactly-once engine has to cope with.
 """
@@ -119,6 +121,7 @@ class _Op:
     profile: dict[str, Any]
     groups: list[tuple[str, str]]
     fail: bool
+    stuck: bool = False
 
 
 class CivicaSimulator(SimulatorBase):
@@ -130,6 +133,8 @@ class CivicaSimulator(SimulatorBase):
         base_path: str = "",
         status_delay: float = 0.5,
         status_fail: float = 0.0,
+        status_stuck: float = 0.0,
+        status_stuck_for: float = 2.0,
         rate: float | None = None,
         burst: int | None = None,
         retry_after: str = "seconds",
@@ -138,13 +143,17 @@ class CivicaSimulator(SimulatorBase):
         profile_fields: dict[str, Any] | None = None,
         data: str | Path | None = None,
         seed: int = 1,
+        on_served: Callable[[web.Request, web.StreamResponse], None] | None = None,
     ) -> None:
-        super().__init__(rate=rate, burst=burst, retry_after=retry_after, faults=faults)
+        super().__init__(rate=rate, burst=burst, retry_after=retry_after, faults=faults, on_served=on_served)
         if status_delay < 0 or not 0.0 <= status_fail <= 1.0:
             raise ValueError("status_delay must be >= 0 and status_fail in [0, 1]")
+        if status_stuck_for < 0 or not 0.0 <= status_stuck <= 1.0:
+            raise ValueError("status_stuck_for must be >= 0 and status_stuck in [0, 1]")
         self.scope, self.api_key = scope, api_key
         self.base_path = "/" + base_path.strip("/") if base_path.strip("/") else ""
         self.status_delay, self.status_fail = status_delay, status_fail
+        self.status_stuck, self.status_stuck_for = status_stuck, status_stuck_for
         self.certifications = dict(certifications) if certifications is not None else default_certifications()
         self.profile_fields = dict(profile_fields) if profile_fields is not None else default_profile_fields()
         self._rng = random.Random(seed)
@@ -155,6 +164,9 @@ class CivicaSimulator(SimulatorBase):
         self.set_user_calls: dict[str, int] = {}
         self.award_calls = 0
         self._ops: deque[_Op] = deque()
+        self._stuck: deque[_Op] = deque()  # kept apart so they never hold up the ops behind them
+        self.failed_ops = 0  # SetUser ops that ended status 3 by status_fail
+        self.stuck_ops = 0  # ... by status_stuck (after staying status 1)
         self._pending_creates: dict[str, int] = {}
         self._statuses: dict[str, tuple[int, str]] = {}
         self._next_tid = 1
@@ -185,13 +197,16 @@ class CivicaSimulator(SimulatorBase):
 
     @property
     def pending(self) -> int:
-        return len(self._ops)
+        return len(self._ops) + len(self._stuck)
 
     def settle(self, now: float | None = None) -> None:
         """Apply every queued SetUser whose delay has passed, in submission order."""
         now = time.monotonic() if now is None else now
         while self._ops and self._ops[0].due <= now:
             op = self._ops.popleft()
+            self._statuses[op.tid] = self._apply(op)
+        while self._stuck and self._stuck[0].due <= now:
+            op = self._stuck.popleft()
             self._statuses[op.tid] = self._apply(op)
 
     def _apply(self, op: _Op) -> tuple[int, str]:
@@ -201,7 +216,11 @@ class CivicaSimulator(SimulatorBase):
                 self._pending_creates[op.uid] = left
             else:
                 self._pending_creates.pop(op.uid, None)
+        if op.stuck:
+            self.stuck_ops += 1
+            return 3, "simulated processing failure after a long pending status"
         if op.fail:
+            self.failed_ops += 1
             return 3, "simulated processing failure"
         if op.action == "create":
             if op.uid in self.users:
@@ -264,6 +283,8 @@ class CivicaSimulator(SimulatorBase):
             "awards": len(self.awards),
             "duplicate_awards": self.duplicate_awards(),
             "pending": self.pending,
+            "failed_ops": self.failed_ops,
+            "stuck_ops": self.stuck_ops,
         }
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
@@ -392,8 +413,13 @@ class CivicaSimulator(SimulatorBase):
                 return _error(404, "user not found")
         tid = str(self._next_tid)
         self._next_tid += 1
-        fail = self.status_fail > 0 and self._rng.random() < self.status_fail
-        self._ops.append(_Op(tid, time.monotonic() + self.status_delay, action, uid, dict(profile), groups, fail))
+        stuck = self.status_stuck > 0 and self._rng.random() < self.status_stuck
+        fail = not stuck and self.status_fail > 0 and self._rng.random() < self.status_fail
+        if stuck:
+            self._stuck.append(_Op(tid, time.monotonic() + self.status_stuck_for, action, uid, dict(profile),
+                                   groups, True, stuck=True))
+        else:
+            self._ops.append(_Op(tid, time.monotonic() + self.status_delay, action, uid, dict(profile), groups, fail))
         self._statuses[tid] = (1, "")
         self.set_user_calls[action] = self.set_user_calls.get(action, 0) + 1
         self.settle()  # status_delay=0 means applied before we answer

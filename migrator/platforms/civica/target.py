@@ -15,13 +15,14 @@ from typing import Any
 
 import anyio
 
-from migrator.connectors import Dep, Encoded, Loss, TargetStream, WriteItem
+from migrator.connectors import Dep, Encoded, Loss, TargetStream, WriteItem, segment
 from migrator.dates import format_utc, normalize, plus
 from migrator.http import AmbiguousOutcome, HostClient, RequestStats
 from migrator.model import Certificate, Group, RecordError, User
 from migrator.platforms.civica.config import CivicaTarget
 
 EPOCH = "1970-01-01T00:00:00.000Z"
+SETUSER_ATTEMPTS = 4
 PROFILE_FIELDS = {  # canonical field → Civica profile key
     "first_name": "forename",
     "last_name": "surname",
@@ -52,21 +53,23 @@ class Civica:
         }
 
     async def prepare(self, stats: RequestStats) -> None:
-        resp = await self.client.request("POST", "/GetProfileFields", json={"params": {}}, stats=stats)
-        fields = resp.json()
+        fields = await self.read("GetProfileFields", {"params": {}}, stats)
         if isinstance(fields, dict) and fields:
             self.profile_fields = set(fields)
 
     async def call(self, api: str, body: dict[str, Any], stats: RequestStats, accept=(200,), **kw: Any):
         return await self.client.request("POST", f"/{api}", json=body, accept=accept, stats=stats, **kw)
 
+    async def read(self, api: str, body: dict[str, Any], stats: RequestStats) -> Any:
+        """A read-only RPC (POST by Civica's convention, yet safe to repeat)."""
+        return await self.client.request_json("POST", f"/{api}", json=body, stats=stats)
+
     async def wait_status(self, tid: str, stats: RequestStats) -> tuple[int, str]:
         """Poll GET /status/{tid} with doubling pauses; (0, …) if it never settles in time."""
         pause, deadline = self.cfg.poll_initial, time.monotonic() + self.cfg.poll_timeout
         while True:
             await anyio.sleep(pause)
-            resp = await self.client.request("GET", f"/status/{tid}", stats=stats)
-            body = resp.json()
+            body = await self.client.request_json("GET", f"/status/{segment(tid)}", stats=stats)
             status = int(body.get("status") or 0)
             if status in (2, 3):
                 return status, str(body.get("message") or "")
@@ -128,8 +131,12 @@ class CivicaUsers(TargetStream):
         return {**encoded.payload["profile"], "groups": encoded.payload["groups"]}
 
     async def _submit(self, body: dict[str, Any], item: WriteItem, step: str) -> None:
-        """Send one SetUser, store its status id, wait until Civica has applied it."""
-        while True:
+        """Send one SetUser, store its status id, wait until Civica has applied it.
+
+        A status that ends failed (3) or never settles is sent again: SetUser is safe to repeat
+        (a second create meets 409 and becomes an update), within a small budget.
+        """
+        for _attempt in range(SETUSER_ATTEMPTS):
             resp = await self.civica.call("SetUser", body, item.stats, accept=(200, 202, 409))
             if resp.status == 409:
                 raise _Exists()
@@ -138,18 +145,24 @@ class CivicaUsers(TargetStream):
                 return  # applied in real time
             tid = location.rstrip("/").rsplit("/", 1)[-1]
             await item.save_token(f"{step}:{tid}")
-            if await self._settled(tid, item, step):
+            outcome = await self._settled(tid, item, step)
+            if outcome is True:
                 return
+            last = outcome or "status unknown after polling"
+        raise RecordError(
+            "target_rejected", f"Civica SetUser {step} did not succeed in {SETUSER_ATTEMPTS} tries: {last}"
+        )
 
-    async def _settled(self, tid: str, item: WriteItem, step: str) -> bool:
+    async def _settled(self, tid: str, item: WriteItem, step: str) -> bool | str:
+        """True once applied; the failure message if it failed; False if it never settled."""
         status, message = await self.civica.wait_status(tid, item.stats)
         if status == 2:
             return True
         if status == 3:
             if step == "create" and "in use" in message.lower():
                 raise _Exists()
-            raise RecordError("target_rejected", f"Civica SetUser {step} failed: {message or 'no message'}")
-        return False  # unknown or timed out: send again (SetUser is safe to resend)
+            return message or "failed without a message"
+        return False
 
     async def write(self, item: WriteItem) -> str:
         payload, uid = item.encoded.payload, item.encoded.key
@@ -157,7 +170,7 @@ class CivicaUsers(TargetStream):
         groups = [{"name": g} for g in payload["groups"]]
         if step in ("", "create", "update"):
             try:
-                if not (tid and await self._settled(tid, item, step)):
+                if not (tid and await self._settled(tid, item, step) is True):
                     create = {
                         "params": {"action": "create", "send_welcome": False},
                         "profile": payload["profile"],
@@ -172,7 +185,8 @@ class CivicaUsers(TargetStream):
                 }
                 await self._submit(update, item, "update")
             step = ""
-        if not payload["active"] and not (step == "deactivate" and tid and await self._settled(tid, item, step)):
+        deactivated = step == "deactivate" and tid and await self._settled(tid, item, step) is True
+        if not payload["active"] and not deactivated:
             await self._submit({"params": {"action": "deactivate", "uid": uid}}, item, "deactivate")
         return uid
 
@@ -183,7 +197,7 @@ class CivicaUsers(TargetStream):
             params: dict[str, Any] = {"date": future}
             if cursor:
                 params["cursor"] = cursor
-            body = (await self.civica.call("GetInactiveUsers", {"params": params}, stats)).json()
+            body = await self.civica.read("GetInactiveUsers", {"params": params}, stats)
             for user in body.get("users") or []:
                 profile = dict(user.get("profile") or {})
                 uid = (user.get("params") or {}).get("uid") or profile.get("username")
@@ -236,7 +250,7 @@ class CivicaCertificates(TargetStream):
         uid, ref, awarded = item.encoded.key.split("|", 2)
         params: dict[str, Any] = {"from_date": awarded, "to_date": plus(awarded, 1)}
         while True:
-            body = (await self.civica.call("GetUsersCertificates", {"params": params}, item.stats)).json()
+            body = await self.civica.read("GetUsersCertificates", {"params": params}, item.stats)
             for row in body.get("certificates") or []:
                 date = row.get("awared_date") or row.get("awarded_date") or ""
                 if row.get("username") == uid and row.get("certification_id") == ref and normalize(date, "d") == awarded:
@@ -248,7 +262,7 @@ class CivicaCertificates(TargetStream):
     async def export(self, stats: RequestStats) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         params: dict[str, Any] = {"from_date": EPOCH}
         while True:
-            body = (await self.civica.call("GetUsersCertificates", {"params": params}, stats)).json()
+            body = await self.civica.read("GetUsersCertificates", {"params": params}, stats)
             for row in body.get("certificates") or []:
                 date = normalize(row.get("awared_date") or row.get("awarded_date") or EPOCH, "awared_date")
                 yield f"{row.get('username')}|{row.get('certification_id')}|{date}", {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -275,23 +275,71 @@ class _GeneratedData:
         return rows[j] if j < len(rows) else None
 
 
-class _LoadedData:
-    """Records from a JSONL fixture, held in memory; same interface as the generator."""
+def _group_refs(user: dict[str, Any]) -> set[Any]:
+    groups = user.get("groups")
+    return {g.get("id") for g in groups if isinstance(g, dict)} if isinstance(groups, list) else set()
 
-    def __init__(self, path: str | Path) -> None:
-        rows = dg.load_jsonl(path)
+
+def _id_order(row: dict[str, Any]) -> tuple[int, Any]:
+    """Integer ids in order, then any ill-typed ids (hostile fixtures) as text, so sorting never fails."""
+    rid = row.get("id")
+    return (0, rid) if isinstance(rid, int) and not isinstance(rid, bool) else (1, str(rid))
+
+
+class _LoadedData:
+    """Records from a JSONL fixture (or a list of dicts), held in memory; same interface as the generator.
+
+    Users can be inserted and deleted while a listing is being read: listings are offset-paged over
+    the users in id order, so a deletion shifts every later record one place down, as in the real API.
+    """
+
+    def __init__(self, source: str | Path | Iterable[dict[str, Any]]) -> None:
+        rows = dg.load_jsonl(source) if isinstance(source, str | Path) else [dict(r) for r in source]
         strip = lambda row: {k: v for k, v in row.items() if k != "kind"}  # noqa: E731
-        self._users = sorted((strip(r) for r in rows if r.get("kind") == "user"), key=lambda u: u["id"])
-        self._groups = sorted((strip(r) for r in rows if r.get("kind") == "group"), key=lambda g: g["id"])
+        self._users = sorted((strip(r) for r in rows if r.get("kind") == "user"), key=_id_order)
+        self._groups = sorted((strip(r) for r in rows if r.get("kind") == "group"), key=_id_order)
         self._lessons = [strip(r) for r in rows if r.get("kind") == "lesson"]
-        self._by_id = {u["id"]: n for n, u in enumerate(self._users)}
+        self._by_id: dict[Any, int] = {}
+        self._reindex()
         self._schedules: dict[int, list[dict[str, Any]]] = {}
         self._schedule_by_id: dict[int, dict[str, Any]] = {}
         for row in (strip(r) for r in rows if r.get("kind") == "schedule"):
-            self._schedules.setdefault(row["userId"], []).append(row)
-            self._schedule_by_id[row["id"]] = row
-        for lst in self._schedules.values():
-            lst.sort(key=lambda s: s["id"])
+            self._add_schedule(row)
+
+    def _reindex(self) -> None:
+        self._by_id = {u.get("id"): n for n, u in enumerate(self._users)}
+
+    def _add_schedule(self, row: dict[str, Any]) -> None:
+        lst = self._schedules.setdefault(row.get("userId"), [])
+        lst.append(row)
+        lst.sort(key=_id_order)
+        self._schedule_by_id[row.get("id")] = row
+
+    # -- mutation (tests: records that change while a listing is being read) ------------------
+    def insert_user(self, record: dict[str, Any], schedules: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+        """Append a user with an id above every existing one (given, or the next free one)."""
+        user = {k: v for k, v in record.items() if k != "kind"}
+        top = max((u["id"] for u in self._users if _id_order(u)[0] == 0), default=0)
+        if "id" not in user:
+            user["id"] = top + 1
+        elif not isinstance(user["id"], int) or user["id"] <= top:
+            raise ValueError(f"an inserted user needs an id above {top}, got {user['id']!r}")
+        self._users.append(user)
+        self._by_id[user["id"]] = len(self._users) - 1
+        for row in schedules:
+            self._add_schedule({**{k: v for k, v in row.items() if k != "kind"}, "userId": user["id"]})
+        return user
+
+    def delete_user(self, user_id: Any) -> dict[str, Any]:
+        """Remove a user (and its schedules); every later user moves one place down the listings."""
+        n = self._by_id.get(user_id)
+        if n is None:
+            raise KeyError(f"no user {user_id!r}")
+        user = self._users.pop(n)
+        self._reindex()
+        for row in self._schedules.pop(user_id, []):
+            self._schedule_by_id.pop(row.get("id"), None)
+        return user
 
     def __len__(self) -> int:
         return len(self._users)
@@ -319,25 +367,25 @@ class _LoadedData:
 
     def matches_q(self, i: int, q: str) -> bool:
         u = self._users[i]
-        return any(q in (u.get(f) or "").lower() for f in ("userName", "firstName", "lastName"))
+        return any(q in str(u.get(f) or "").lower() for f in ("userName", "firstName", "lastName"))
 
     def has_role(self, i: int, role: int) -> bool:
         return role in (self._users[i].get("roles") or [])
 
     def group_list(self) -> Sequence[int]:
-        return [g["id"] for g in self._groups]
+        return [g.get("id") for g in self._groups]
 
     def group(self, gid: int) -> dict[str, Any] | None:
-        return next((g for g in self._groups if g["id"] == gid), None)
+        return next((g for g in self._groups if g.get("id") == gid), None)
 
     def members(self, gid: int) -> Sequence[int]:
-        return [n for n, u in enumerate(self._users) if any(g.get("id") == gid for g in u.get("groups") or [])]
+        return [n for n, u in enumerate(self._users) if gid in _group_refs(u)]
 
     def lesson_list(self) -> list[dict[str, Any]]:
         return self._lessons
 
     def schedules(self, i: int) -> list[dict[str, Any]]:
-        return self._schedules.get(self._users[i]["id"], [])
+        return self._schedules.get(self._users[i].get("id"), [])
 
     def schedule(self, sid: int) -> dict[str, Any] | None:
         return self._schedule_by_id.get(sid)
@@ -354,21 +402,38 @@ class DamstraSimulator(SimulatorBase):
         burst: int | None = None,
         retry_after: str = "seconds",
         faults: str | FaultSpec | None = None,
-        data: str | Path | None = None,
+        data: str | Path | Iterable[dict[str, Any]] | None = None,
         page_default: int = 20,
         page_cap: int = 100,
         malformed: float = 0.0,
         lessons: int = 20,
+        on_served: Callable[[web.Request, web.StreamResponse], None] | None = None,
     ) -> None:
-        super().__init__(rate=rate, burst=burst, retry_after=retry_after, faults=faults)
+        super().__init__(rate=rate, burst=burst, retry_after=retry_after, faults=faults, on_served=on_served)
         if records < 0 or lessons < 0 or not 0.0 <= malformed <= 1.0 or not 1 <= page_default <= page_cap:
             raise ValueError("invalid DamstraSimulator configuration")
         self.access_key = access_key
+        self.revoked: set[str] = set()  # keys rotated away: refused before anything else, rate included
         self.page_default, self.page_cap = page_default, page_cap
         self.data: _GeneratedData | _LoadedData = (
             _LoadedData(data) if data is not None else _GeneratedData(records, seed, malformed, lessons)
         )
         self._q_cache: dict[tuple[str, str], array[int]] = {}
+
+    # ---- mutation (loaded data only) -----------------------------------------------
+    def _loaded(self) -> _LoadedData:
+        if not isinstance(self.data, _LoadedData):
+            raise TypeError("inserting or deleting users needs a simulator built with data= (loaded records)")
+        self._q_cache.clear()
+        return self.data
+
+    def insert_user(self, record: dict[str, Any], schedules: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+        """Add a user at the end of the listings (id above every other); returns it with its id."""
+        return self._loaded().insert_user(record, schedules)
+
+    def delete_user(self, user_id: Any) -> dict[str, Any]:
+        """Remove a user and its schedules; later users shift down one place in every listing."""
+        return self._loaded().delete_user(user_id)
 
     # ---- base hooks ----------------------------------------------------------
     def credential(self, request: web.Request) -> str:
@@ -379,12 +444,21 @@ class DamstraSimulator(SimulatorBase):
             return json_response(ERR_AUTH, status=401)
         return None
 
+    def refuse_early(self, request: web.Request) -> web.StreamResponse | None:
+        # A rotated-away key is answered 401 on every request, never a 429 from its old bucket.
+        if request.headers.get("AccessKey") in self.revoked:
+            return json_response(ERR_AUTH, status=401)
+        return None
+
     def error_response(self, status: int, headers: dict[str, str] | None = None) -> web.Response:
         body = ERR_BODIES.get(status, {"internalCode": status, "error": "Error"})
         return json_response(body, status=status, headers=headers)
 
     def rotate_key(self, new_key: str) -> None:
         """The old key stops working at once, as the real "Regenerate API Key" does."""
+        if new_key != self.access_key:
+            self.revoked.add(self.access_key)
+        self.revoked.discard(new_key)
         self.access_key = new_key
 
     def add_routes(self, router: web.UrlDispatcher) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from migrator.connectors import Page, SourceStream
+from migrator.connectors import Page, SourceStream, segment
 from migrator.http import HostClient, HostLimits, RequestStats
 from migrator.model import Certificate, Group, RecordError, User
 from migrator.platforms.damstra.config import DamstraSource
@@ -33,24 +33,45 @@ def _text(value: str | None) -> str | None:
 
 
 class _OffsetListing:
-    """Damstra's startIndex/maxResults paging: move on by what came back, stop on empty or past total."""
+    """Damstra's startIndex/maxResults paging, made safe against records vanishing mid-listing.
+
+    Offset paging skips a record whenever one before the cursor is deleted between two pages, so
+    every page is asked for from `OVERLAP` records back, and must contain one of the ids that ended
+    the previous page (the anchor). If none is there, more records vanished than the overlap
+    covers, and the request steps further back until it finds one. Repeats are harmless: the
+    engine drops records it has already seen. New records (higher ids) arrive at the end.
+    """
+
+    OVERLAP = 5
 
     def __init__(self, client: HostClient, path: str, page_size: int, params: dict[str, str] | None = None):
         self.client, self.path, self.page_size, self.params = client, path, page_size, params or {}
 
+    async def _page(self, start: int, stats: RequestStats) -> Envelope:
+        params = {**self.params, "startIndex": str(start), "maxResults": str(self.page_size)}
+        body = await self.client.request_json("GET", self.path, params=params, stats=stats)
+        return _decode_envelope(body, self.path)
+
     async def pages(self, cursor: str | None, stats: RequestStats) -> AsyncIterator[tuple[list[dict], int, int | None]]:
         start = int(cursor or 0)
+        tail: set[str] = set()  # ids that ended the previous page
         while True:
-            params = {**self.params, "startIndex": str(start), "maxResults": str(self.page_size)}
-            resp = await self.client.request("GET", self.path, params=params, stats=stats)
-            env = _decode_envelope(resp.json(), self.path)
+            back = min(start, self.OVERLAP)
+            while True:
+                ask = start - back
+                env = await self._page(ask, stats)
+                ids = [str(r.get("id")) for r in env.results]
+                if not tail or ask == 0 or tail.intersection(ids):
+                    break
+                back = min(start, max(back, 1) * 4)  # more vanished than the overlap covers
             if not env.results:
                 return
-            start += len(env.results)
+            after = ask + len(env.results)
             total = env.meta.totalResultCount if env.meta else None
-            yield env.results, start, total
-            if total is not None and start >= total:
+            yield env.results, after, total
+            if (total is not None and after >= total) or after <= start:
                 return
+            start, tail = after, set(ids[-self.OVERLAP :])
 
 
 def _decode_envelope(body: Any, path: str) -> Envelope:
@@ -130,8 +151,8 @@ class DamstraCompletions(SourceStream):
         start, size = 0, 100
         while True:
             params = {"status": "completed", "startIndex": str(start), "maxResults": str(size)}
-            resp = await self.client.request("GET", f"/user/{user_id}/lesson_schedule", params=params, stats=stats)
-            rows = resp.json().get("results") or []
+            path = f"/user/{segment(user_id)}/lesson_schedule"
+            rows = (await self.client.request_json("GET", path, params=params, stats=stats)).get("results") or []
             out.extend((str(r.get("id")), r) for r in rows)
             # this listing has no meta: a short page is the last one
             if len(rows) < size:
