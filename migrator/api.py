@@ -76,6 +76,16 @@ async def _collect_keys(target: Any, streams: list[str], ledger: Ledger, stats: 
         ledger.db.executemany("INSERT OR IGNORE INTO target_keys VALUES (?, ?)", batch)
 
 
+async def _stop_when_asked(
+    stop: anyio.Event | None, board: Board, work: anyio.CancelScope, watcher: anyio.CancelScope, grace: float
+) -> None:
+    with watcher:
+        await (stop.wait() if stop is not None else anyio.sleep_forever())
+        board.halt()
+        await anyio.sleep(grace)
+        work.cancel()  # requests still open after the grace period are abandoned: resume reconciles them
+
+
 def _refused(err: AuthError, source_name: str) -> MigrationError:
     side = "source" if err.host == source_name else "target"
     return MigrationError(
@@ -92,10 +102,14 @@ async def run(
     limit: int | None = None,
     progress: Progress | None = None,
     no_ledger: bool = False,
+    stop: anyio.Event | None = None,
+    grace: float = 20.0,
 ) -> dict[str, Any]:
     """Migrate everything the plan names; returns the JSON-able run report.
 
     `no_ledger` keeps the ledger in memory: for benchmarks that price the ledger, never for real runs.
+    Setting `stop` asks for a graceful stop: no new reads or writes, requests in flight finish
+    (for at most `grace` seconds), the ledger is committed and the report says "stopped".
     """
     progress = progress or NoProgress()
     mapping = mapping_for(plan.source.platform, plan.target.platform, plan.mapping)
@@ -145,12 +159,19 @@ async def run(
                     )
                 )
             try:
-                async with anyio.create_task_group() as tg:
-                    for runner in runners:
-                        tg.start_soon(runner.run)
+                async with anyio.create_task_group() as work:
+                    watcher = anyio.CancelScope()
+                    work.start_soon(_stop_when_asked, stop, board, work.cancel_scope, watcher, grace)
+                    async with anyio.create_task_group() as tg:
+                        for runner in runners:
+                            tg.start_soon(runner.run)
+                    watcher.cancel()
             except* AuthError as group:
                 raise _refused(group.exceptions[0], source.client.name) from None  # type: ignore[arg-type]
-        outcome = "complete" if all(r.complete for r in runners) else "partial"
+        if board.halted:
+            outcome = "stopped"
+        else:
+            outcome = "complete" if all(r.complete for r in runners) else "partial"
     except AuthError as err:
         raise _refused(err, source.client.name) from None
     finally:

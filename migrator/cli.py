@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import anyio
 import orjson
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _fail(message: str, code: int) -> int:
@@ -34,13 +35,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     progress = TqdmProgress(enabled=not args.quiet)
-    report = anyio.run(
-        lambda: api.run(plan, resume=args.resume, dry_run=args.dry_run, limit=args.limit, progress=progress,
-                        no_ledger=args.no_ledger)
-    )
+
+    async def run_until_signalled() -> dict[str, Any] | None:
+        stop = anyio.Event()
+        report = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_signals, stop, tg.cancel_scope)
+            report = await api.run(
+                plan, resume=args.resume, dry_run=args.dry_run, limit=args.limit, progress=progress,
+                no_ledger=args.no_ledger, stop=stop,
+            )
+            tg.cancel_scope.cancel()
+        return report
+
+    report = anyio.run(run_until_signalled)
+    resume_hint = f"resume with: migrator run {args.plan} --resume"
+    if report is None:
+        return _fail(f"stopped at once; requests in flight are reconciled on resume; {resume_hint}", EXIT_INTERRUPTED)
     _write_report(report, args.report)
     print(human_summary(report))
+    if report["run"]["outcome"] == "stopped":
+        return _fail(f"stopped on request; every settled record is in the ledger; {resume_hint}", EXIT_INTERRUPTED)
     return EXIT_OK if report["run"]["outcome"] == "complete" or args.limit else EXIT_FAILED
+
+
+async def _signals(stop: anyio.Event, everything: anyio.CancelScope) -> None:
+    """First Ctrl-C / SIGTERM: graceful stop. Second: stop at once."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+        async for _ in received:
+            if stop.is_set():
+                everything.cancel()
+                return
+            print(
+                "\nmigrator: stopping: finishing requests in flight, then saving the ledger"
+                " (press Ctrl-C again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+            stop.set()
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -129,13 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sole(group: BaseExceptionGroup) -> BaseException:
+    """Task groups wrap errors; a user-facing error is still one error."""
+    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        group = group.exceptions[0]  # type: ignore[assignment]
+    return group
+
+
 def main(argv: list[str] | None = None) -> int:
     from migrator.api import MigrationError
     from migrator.plan import PlanError
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        try:
+            return args.func(args)
+        except BaseExceptionGroup as group:
+            raise _sole(group) from None
     except PlanError as exc:
         return _fail(f"plan: {exc}", EXIT_USAGE)
     except MigrationError as exc:

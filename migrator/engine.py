@@ -8,6 +8,7 @@ The source cursor advances only behind the low watermark of settled pages (PageT
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,6 +42,10 @@ class MissingDependency(Exception):
     pass
 
 
+class Halted(Exception):
+    """The run is stopping: leave this record pending for the resumed run."""
+
+
 class Board:
     """Who is waiting for which parent's target id; answers from the ledger once a parent settles."""
 
@@ -48,9 +53,19 @@ class Board:
         self.ledger = ledger
         self.waiters: dict[Dep, anyio.Event] = {}
         self.done: set[str] = set()
+        self.halted = False
+
+    def halt(self) -> None:
+        """Graceful stop: nobody waits for a parent any more."""
+        self.halted = True
+        for event in self.waiters.values():
+            event.set()
+        self.waiters.clear()
 
     async def target_id(self, dep: Dep) -> str:
         while True:
+            if self.halted:
+                raise Halted()
             # check and register without an await in between: a settle cannot slip past us
             state = self.ledger.state(*dep)
             if state is not None and state.state == WRITTEN and state.target_id is not None:
@@ -178,7 +193,7 @@ class StreamRunner:
                 for _ in range(self.writers):
                     tg.start_soon(self._write_loop, recv_items.clone())
         self.stats.finished = time.monotonic()
-        if exhausted:
+        if exhausted and not self.tracker.order and not self.board.halted:  # read to the end AND all settled
             self.ledger.set_cursor(self.name, self.tracker.last_committed, done=True)
             self.ledger.commit()
             self.complete = True
@@ -188,6 +203,8 @@ class StreamRunner:
         read = 0
         async with out:
             async for page in self.source.pages(cursor, self.stats.requests):
+                if self.board.halted:
+                    return  # graceful stop: no new pages
                 if page.total is not None:
                     self.ledger.set_total(self.name, page.total)
                     self.progress.set_total(self.name, page.total)
@@ -195,10 +212,14 @@ class StreamRunner:
                     cut = self.limit - read
                     # a cut page must not move the cursor past records we never read
                     keep_cursor = page.cursor if cut == len(page.records) else None
-                    await out.send(Page(page.records[:cut], keep_cursor, page.total))
+                    with contextlib.suppress(anyio.BrokenResourceError):
+                        await out.send(Page(page.records[:cut], keep_cursor, page.total))
                     return
                 read += len(page.records)
-                await out.send(page)
+                try:
+                    await out.send(page)
+                except anyio.BrokenResourceError:
+                    return  # the mapper stopped (graceful stop)
             exhausted.append(True)
 
     async def _map(self, pages: ObjectReceiveStream[Page], out: ObjectSendStream[Item]) -> None:
@@ -209,6 +230,8 @@ class StreamRunner:
                 self.ledger.add_pending(self.name, ids)
                 prior = self.ledger.states(self.name, ids)
                 for sid, native in page.records:
+                    if self.board.halted:
+                        return  # the rest of the page stays pending; its cursor never passes them
                     state = prior.get(sid)
                     if sid in self.active or (state is not None and state.state in SETTLED):
                         continue  # settled in an earlier run, or a repeat of this page
@@ -237,6 +260,8 @@ class StreamRunner:
     async def _write_loop(self, items: ObjectReceiveStream[Item]) -> None:
         async with items:
             async for item in items:
+                if self.board.halted:
+                    continue  # drain without writing: these stay pending for --resume
                 await self._write(item)
 
     async def _write(self, item: Item) -> None:
@@ -276,6 +301,8 @@ class StreamRunner:
             await self.ledger.durable()  # the intent is on disk before the request leaves
             target_id = await self.target.write(write)
             self.ledger.mark_written(name, sid, target_id)
+        except Halted:
+            pass
         except MissingDependency as err:
             self.ledger.mark_dead(name, sid, "missing_dependency", str(err), None, item.native)
         except RecordError as err:

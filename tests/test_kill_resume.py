@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -82,3 +83,35 @@ def test_sigkill_then_resume_leaves_everything_exactly_once(sims: Sims, tmp_path
     assert states.get("certificates/written", 0) == len(expected["awards"])
     done = dict(db.execute("SELECT stream, done FROM cursors").fetchall())
     assert done == {"groups": 1, "users": 1, "certificates": 1}
+
+
+@pytest.mark.parametrize(
+    "sims",
+    [{"damstra": {"records": USERS, "faults": "latency=15ms"}, "civica": {"status_delay": 0.3}}],
+    indirect=True,
+)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_graceful_stop_finishes_in_flight_work_and_says_how_to_resume(sims: Sims, tmp_path: Path, sig) -> None:
+    plan = write_plan(tmp_path, sims)
+    proc = start_run(plan)
+    deadline = time.monotonic() + 60
+    while not MOMENTS["awarding"](sims):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert f"migrator run {plan} --resume" in err
+    assert "stopping" in err
+    db = sqlite3.connect(tmp_path / "ledger.sqlite")
+    # every request that was in flight finished and its outcome was committed
+    assert db.execute("SELECT count(*) FROM records WHERE state = 'in_flight'").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM records WHERE state = 'pending'").fetchone()[0] > 0
+    assert db.execute("SELECT outcome FROM runs ORDER BY id DESC LIMIT 1").fetchone()[0] == "stopped"
+    db.close()
+
+    resumed = start_run(plan, "--resume")
+    _, err = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, err[-3000:]
+    assert_target_matches(sims.civica_state(), expected_state(sims.damstra.sim))
