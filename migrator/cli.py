@@ -99,6 +99,39 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    from migrator import dlq
+
+    try:
+        groups = dlq.list_groups(args.ledger, samples=args.samples)
+    except FileNotFoundError:
+        return _fail(f"no ledger at {args.ledger}", EXIT_USAGE)
+    if args.json:
+        print(orjson.dumps(groups, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(dlq.render(groups))
+    return EXIT_OK
+
+
+def cmd_dlq_retry(args: argparse.Namespace) -> int:
+    from migrator import dlq
+    from migrator.ledger import Ledger
+    from migrator.plan import load_plan
+
+    plan = load_plan(args.plan)
+    if not plan.ledger_path.exists():
+        return _fail(f"no ledger at {plan.ledger_path}: nothing to retry", EXIT_USAGE)
+    ledger = Ledger(plan.ledger_path)
+    reopened = dlq.reopen(ledger, set(args.stream or []) or None, set(args.error_class or []) or None)
+    ledger.close()
+    if not reopened:
+        print("no dead letters match; nothing to retry")
+        return EXIT_OK
+    print("re-driving " + ", ".join(f"{n} {s}" for s, n in reopened.items()) + " through the current plan")
+    args.resume, args.dry_run, args.limit, args.no_ledger = True, False, None, False
+    return cmd_run(args)
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     from migrator.simcli import serve_simulator
 
@@ -138,6 +171,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show what a ledger records: counts per state, cursors, runs")
     p.add_argument("ledger")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("dlq", help="dead letters: list them grouped, or re-drive them after a fix")
+    dlq_sub = p.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    q = dlq_sub.add_parser("list", help="dead letters grouped by stream, class and message")
+    q.add_argument("ledger")
+    q.add_argument("--samples", type=int, default=3, help="example records per group")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_dlq_list)
+    q = dlq_sub.add_parser(
+        "retry", help="send dead letters through the plan's (fixed) mapping again, with the same exactly-once rules"
+    )
+    q.add_argument("plan")
+    q.add_argument("--stream", action="append", help="only this stream (repeatable)")
+    q.add_argument("--class", dest="error_class", action="append", help="only this error class (repeatable)")
+    q.add_argument("--report", metavar="PATH")
+    q.add_argument("--quiet", action="store_true")
+    q.add_argument("--verbose", "-v", action="store_true")
+    q.set_defaults(func=cmd_dlq_retry)
 
     p = sub.add_parser("sim", help="serve a platform simulator on 127.0.0.1")
     p.add_argument("platform", choices=["damstra", "civica"])

@@ -227,9 +227,10 @@ class Ledger:
             text = text.replace(secret, "***")
         return text
 
-    def reopen_dead(self, stream: str, source_id: str) -> None:
-        """A dead letter is being re-driven: it becomes pending again and leaves the dead-letter store."""
-        self._set(stream, source_id, PENDING, reason=None)
+    def reopen_dead(self, stream: str, source_id: str, state: str = PENDING) -> None:
+        """A dead letter is being re-driven: it becomes pending (or in flight, when its outcome was
+        unknown and must be looked up first) and leaves the dead-letter store."""
+        self._set(stream, source_id, state, reason=None)
         self.db.execute("DELETE FROM dead_letters WHERE stream = ? AND source_id = ?", (stream, source_id))
 
     # ---- reading back --------------------------------------------------------------------
