@@ -86,6 +86,12 @@ async def _stop_when_asked(
         work.cancel()  # requests still open after the grace period are abandoned: resume reconciles them
 
 
+def _first(group: BaseException) -> Any:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
+
+
 def _refused(err: AuthError, source_name: str) -> MigrationError:
     side = "source" if err.host == source_name else "target"
     return MigrationError(
@@ -167,7 +173,7 @@ async def run(
                             tg.start_soon(runner.run)
                     watcher.cancel()
             except* AuthError as group:
-                raise _refused(group.exceptions[0], source.client.name) from None  # type: ignore[arg-type]
+                raise _refused(_first(group), source.client.name) from None
         if board.halted:
             outcome = "stopped"
         else:
