@@ -54,6 +54,13 @@ class Board:
         self.waiters: dict[Dep, anyio.Event] = {}
         self.done: set[str] = set()
         self.halted = False
+        self.known: dict[Dep, str] = {}  # written parents' target ids never change: remember a few
+
+    def _remember(self, dep: Dep, target_id: str) -> str:
+        if len(self.known) >= 50_000:
+            self.known.clear()
+        self.known[dep] = target_id
+        return target_id
 
     def halt(self) -> None:
         """Graceful stop: nobody waits for a parent any more."""
@@ -66,10 +73,13 @@ class Board:
         while True:
             if self.halted:
                 raise Halted()
+            known = self.known.get(dep)
+            if known is not None:
+                return known
             # check and register without an await in between: a settle cannot slip past us
             state = self.ledger.state(*dep)
             if state is not None and state.state == WRITTEN and state.target_id is not None:
-                return state.target_id
+                return self._remember(dep, state.target_id)
             if state is not None and state.state in (SKIPPED, DEAD):
                 raise MissingDependency(f"parent {dep[0]} {dep[1]} was {state.state.replace('dead', 'dead-lettered')}")
             if dep[0] in self.done:
@@ -267,6 +277,7 @@ class StreamRunner:
     async def _write(self, item: Item) -> None:
         name, sid = self.name, item.source_id
         encoded: Encoded | None = None
+        settled = False
         try:
             parents = await self.board.resolve(item.mapped.deps)
             encoded = self.target.encode(item.mapped.record, parents)
@@ -277,11 +288,12 @@ class StreamRunner:
             if self.dry_keys is not None:
                 self._dry_run(encoded)
                 self.ledger.mark_written(name, sid, encoded.key)
+                settled = True
                 return
 
             async def save_token(token: str | None) -> None:
+                # committed with the next group commit: losing it costs a harmless resend, not a duplicate
                 self.ledger.save_token(name, sid, token)
-                await self.ledger.durable()
 
             prior = item.prior
             write = WriteItem(
@@ -296,28 +308,33 @@ class StreamRunner:
                 found = await self.target.reconcile(write)
                 if found is not None:
                     self.ledger.mark_written(name, sid, found)
+                    settled = True
                     return
             self.ledger.mark_in_flight(name, sid)
-            await self.ledger.durable()  # the intent is on disk before the request leaves
+            if self.target.write_safety == "lookup":
+                await self.ledger.durable()  # the intent is on disk before a non-idempotent request leaves
             target_id = await self.target.write(write)
             self.ledger.mark_written(name, sid, target_id)
+            settled = True
         except Halted:
             pass
         except MissingDependency as err:
             self.ledger.mark_dead(name, sid, "missing_dependency", str(err), None, item.native)
+            settled = True
         except RecordError as err:
             payload = encoded.payload if encoded is not None else item.native
             self.ledger.mark_dead(name, sid, err.error_class, err.message, err.status, payload)
+            settled = True
         except AuthError:
             raise
         except HttpError as err:
             payload = encoded.payload if encoded is not None else item.native
             self.ledger.mark_dead(name, sid, _error_class(err), str(err), err.status, payload)
+            settled = True
         finally:
             if encoded is not None and self.claims.get(encoded.key) == sid:
                 del self.claims[encoded.key]
-            state = self.ledger.state(name, sid)
-            if state is not None and state.state in SETTLED:
+            if settled:
                 self._settle(item.seq, sid)
             # an unsettled record (cancelled mid-write) keeps its place: the cursor must not pass it
 

@@ -308,6 +308,10 @@ class HostClient:
         self._adaptive = limits.rate is None
         self._slow_start = True
         self._limiter = self._new_limiter(self._rate)
+        self._timeout = aiohttp.ClientTimeout(total=limits.timeout)
+        self._urls: dict[str, URL] = {}  # path → URL: building a yarl URL per request is not free
+        self._ceiling: float | None = None  # adaptive: the rate at which the server last said 429
+        self._at_ceiling_since = 0.0
         # AIMD bookkeeping (loop.time() values)
         self._last_cut = -math.inf
         self._window_start = 0.0
@@ -404,8 +408,12 @@ class HostClient:
         if not path.startswith("/"):
             path = "/" + path
         shown = self._show_path(path, params)
-        # paths arrive already encoded (connectors.segment): yarl must not re-encode or drop `..`
-        url = URL(self.base_url + path, encoded=True)
+        url = self._urls.get(path)
+        if url is None:
+            # paths arrive already encoded (connectors.segment): yarl must not re-encode or drop `..`
+            url = URL(self.base_url + path, encoded=True)
+            if len(self._urls) < 256:
+                self._urls[path] = url
         data = orjson.dumps(json) if json is not None else None
         req_headers = dict(headers or {})
         if data is not None:
@@ -543,14 +551,13 @@ class HostClient:
                 params=params,
                 data=data,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.limits.timeout),
+                timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
                 body = await resp.read()
-                hdrs: dict[str, str] = {}
-                for k, v in resp.headers.items():
-                    k = k.lower()
-                    hdrs[k] = f"{hdrs[k]}, {v}" if k in hdrs else v
+                hdrs = {k.lower(): v for k, v in resp.headers.items()}
+                if len(hdrs) < len(resp.headers):  # a repeated header: join its values
+                    hdrs = {k.lower(): ", ".join(resp.headers.getall(k)) for k in resp.headers}
                 return Response(status=resp.status, headers=hdrs, body=body)
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
             # A TLS failure will not fix itself; never retry, never downgrade.
@@ -579,13 +586,20 @@ class HostClient:
             pause = parse_retry_after(headers.get("retry-after"))
             if pause is not None:
                 pause = min(pause, self.limits.retry_after_max)
-                self._paused_until = max(self._paused_until, now + pause)
+                if now + pause > self._paused_until:
+                    self._paused_until = now + pause
+                    # the bucket must not refill during the pause and burst the moment it ends
+                    await self._set_rate(self._rate)
         if not self._adaptive:
             return pause
         if status == 429:
             # Requests started before the last cut reflect the old rate; a burst of them counts once.
             if started >= self._last_cut and now - self._last_cut >= 1.0:
-                await self._set_rate(max(self.limits.adaptive_min, self._rate / 2))
+                # The server has a limit near here: remember it. Overshooting it in slow start
+                # may be by up to 2x, so halve then; later a 429 only means "a little less".
+                self._ceiling = self._rate
+                factor = 0.5 if self._slow_start else 0.9
+                await self._set_rate(max(self.limits.adaptive_min, self._rate * factor))
                 self._last_cut = now
                 self._slow_start = False
             self._window_start, self._window_ok = now, 0
@@ -593,19 +607,37 @@ class HostClient:
             self._window_ok += 1
             elapsed = now - self._window_start
             # Slow start (before the first 429): double every clean half second, like TCP, so an
-            # unknown but generous limit is found in seconds; afterwards probe gently, +10%/s.
+            # unknown but generous limit is found in seconds. Then climb +10%/s to just under the
+            # remembered ceiling, hold there, and probe 2% above it every 30 s in case it moved.
             window = 0.5 if self._slow_start else 1.0
             if elapsed >= window:
                 # Probe upward only if the rate was actually used; idle time proves nothing.
                 if self._window_ok >= 0.5 * self._rate * elapsed and self._rate < self.limits.adaptive_max:
-                    factor = 2.0 if self._slow_start else 1.1
-                    await self._set_rate(min(self.limits.adaptive_max, self._rate * factor))
+                    await self._raise_rate(now)
                 self._window_start, self._window_ok = now, 0
         return pause
 
+    async def _raise_rate(self, now: float) -> None:
+        if self._slow_start or self._ceiling is None:
+            target = self._rate * 2.0
+        else:
+            hold = 0.95 * self._ceiling
+            if self._rate < hold:
+                target = min(self._rate * 1.1, hold)
+                self._at_ceiling_since = now
+            elif now - self._at_ceiling_since >= 30.0:
+                self._ceiling *= 1.02  # no 429 for 30 s at the hold rate: the limit may have risen
+                self._at_ceiling_since = now
+                target = 0.95 * self._ceiling
+            else:
+                return
+        await self._set_rate(min(self.limits.adaptive_max, target))
+
     def _new_limiter(self, rate: float) -> AsyncLimiter:
         # Adaptive buckets hold at most one second of requests so a low rate is not defeated by a burst.
-        burst = self.limits.burst if not self._adaptive else min(self.limits.burst, rate)
+        # Keep half the server's burst as headroom: our requests reach it with some jitter, and a
+        # full-size burst followed by exactly `rate` trips its bucket on the first early arrival.
+        burst = self.limits.burst / 2 if not self._adaptive else min(self.limits.burst, rate)
         burst = max(1.0, float(burst))
         return AsyncLimiter(max_rate=burst, time_period=burst / rate)
 
@@ -614,7 +646,7 @@ class HostClient:
         # Start the new bucket full: no burst right after a change. Filling an empty bucket never
         # suspends, so no other task can see the new limiter half set up.
         await limiter.acquire(limiter.max_rate)
-        log.info("%s: adaptive rate %.2f -> %.2f req/s", self.name, self._rate, rate)
+        log.info("%s: rate %.2f -> %.2f req/s, bucket emptied", self.name, self._rate, rate)
         self._rate = rate
         self._limiter = limiter
 

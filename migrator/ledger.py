@@ -10,6 +10,7 @@ The interface is small on purpose, so a PostgreSQL ledger can stand beside this 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import time
@@ -17,11 +18,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-import anyio
 import orjson
 
 PENDING, IN_FLIGHT, WRITTEN, SKIPPED, DEAD = "pending", "in_flight", "written", "skipped", "dead"
 SETTLED = (WRITTEN, SKIPPED, DEAD)
+GROUP_COMMIT_SECONDS = 0.002
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -75,7 +76,7 @@ class Ledger:
         self.db.commit()
         self._dirty = 0
         self._last_commit = time.monotonic()
-        self._flush: anyio.Event | None = None
+        self._flush: asyncio.Event | None = None
 
     # ---- commits -------------------------------------------------------------------------
     def commit(self) -> None:
@@ -89,15 +90,16 @@ class Ledger:
             self.commit()
 
     async def durable(self) -> None:
-        """Return once every change made so far is committed (one commit serves a whole tick)."""
+        """Return once every change made so far is committed. Callers within a couple of
+        milliseconds of each other share one commit (group commit)."""
         if self._dirty == 0:
             return
         if self._flush is not None:
             await self._flush.wait()
             return
-        event = self._flush = anyio.Event()
+        event = self._flush = asyncio.Event()
         try:
-            await anyio.sleep(0)  # let the other writers of this tick add their intents first
+            await asyncio.sleep(GROUP_COMMIT_SECONDS)  # let the other writers add their intents first
         finally:
             self._flush = None
             self.commit()

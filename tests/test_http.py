@@ -353,8 +353,9 @@ async def test_fixed_rate_allows_at_most_rate_plus_burst_in_any_second(server: S
                 await asyncio.gather(*(worker(i) for i in range(32)))
     hits = server.all_hits
     assert max_in_window(hits) <= rate + burst
-    # ...and the limiter is not needlessly slow: burst + 3 s of rate, give or take the last wave.
-    assert len(hits) >= burst + rate * 3 - 2
+    # ...and the limiter is not needlessly slow: 3 s of rate plus the half burst it allows itself
+    # (the other half is headroom for jitter on the way to the server), give or take the last wave.
+    assert len(hits) >= burst / 2 + rate * 3 - 2
 
 
 async def test_adaptive_rate_converges_below_an_unknown_limit(server: ScriptedServer) -> None:

@@ -8,12 +8,11 @@ is looked up (GetUsersCertificates over a one-second window) before it is ever s
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import anyio
 
 from migrator.connectors import Dep, Encoded, Loss, TargetStream, WriteItem, segment
 from migrator.dates import format_utc, normalize, plus
@@ -68,14 +67,15 @@ class Civica:
         """Poll GET /status/{tid} with doubling pauses; (0, …) if it never settles in time."""
         pause, deadline = self.cfg.poll_initial, time.monotonic() + self.cfg.poll_timeout
         while True:
-            await anyio.sleep(pause)
+            if pause > 0:
+                await asyncio.sleep(pause)
             body = await self.client.request_json("GET", f"/status/{segment(tid)}", stats=stats)
             status = int(body.get("status") or 0)
             if status in (2, 3):
                 return status, str(body.get("message") or "")
             if status == 0 or time.monotonic() > deadline:
                 return 0, "status unknown"
-            pause = min(pause * 2, self.cfg.poll_max)
+            pause = min(max(pause * 2, 0.05), self.cfg.poll_max)
 
 
 class CivicaGroups(TargetStream):
