@@ -192,6 +192,9 @@ def _no_redact(text: str) -> str:
     return text
 
 
+HOLD = 0.9  # adaptive: share of the last rate that met a 429 to settle at
+
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date); None if absent/bad."""
     if not value:
@@ -607,10 +610,9 @@ class HostClient:
             self._window_ok += 1
             elapsed = now - self._window_start
             # Slow start (before the first 429): double every clean half second, like TCP, so an
-            # unknown but generous limit is found in seconds. Then climb +10%/s to just under the
-            # remembered ceiling, hold there, and probe 2% above it every 30 s in case it moved.
-            window = 0.5 if self._slow_start else 1.0
-            if elapsed >= window:
+            # unknown but generous limit is found in seconds. Then climb +10% per clean half second
+            # to just under the remembered ceiling, hold there, and probe 2% higher every 30 s.
+            if elapsed >= 0.5:
                 # Probe upward only if the rate was actually used; idle time proves nothing.
                 if self._window_ok >= 0.5 * self._rate * elapsed and self._rate < self.limits.adaptive_max:
                     await self._raise_rate(now)
@@ -621,14 +623,14 @@ class HostClient:
         if self._slow_start or self._ceiling is None:
             target = self._rate * 2.0
         else:
-            hold = 0.95 * self._ceiling
+            hold = HOLD * self._ceiling
             if self._rate < hold:
                 target = min(self._rate * 1.1, hold)
                 self._at_ceiling_since = now
             elif now - self._at_ceiling_since >= 30.0:
                 self._ceiling *= 1.02  # no 429 for 30 s at the hold rate: the limit may have risen
                 self._at_ceiling_since = now
-                target = 0.95 * self._ceiling
+                target = HOLD * self._ceiling
             else:
                 return
         await self._set_rate(min(self.limits.adaptive_max, target))
