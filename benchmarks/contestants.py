@@ -75,15 +75,27 @@ def civica_headers(o: Options) -> dict[str, str]:
 
 def create_body(user: dict[str, Any], group_names: dict[int, str]) -> dict[str, Any]:
     """The SetUser create migrator's default mapping produces for this Damstra user."""
-    profile: dict[str, Any] = {"username": user["userName"], "forename": user["firstName"], "surname": user["lastName"]}
-    for src, dst in (("emailAddress", "mail"), ("employeeNumber", "employee_number"), ("timeZone", "timezone")):
+    profile: dict[str, Any] = {
+        "username": user["userName"],
+        "forename": user["firstName"],
+        "surname": user["lastName"],
+    }
+    for src, dst in (
+        ("emailAddress", "mail"),
+        ("employeeNumber", "employee_number"),
+        ("timeZone", "timezone"),
+    ):
         if user.get(src):
             profile[dst] = user[src]
     groups = user.get("groups") or []
     if isinstance(groups, str):  # dlt may hand nested values over as JSON text
         groups = json.loads(groups)
     names = sorted({group_names[int(g["id"])] for g in groups})
-    return {"params": {"action": "create", "send_welcome": False}, "profile": profile, "groups": [{"name": n} for n in names]}
+    return {
+        "params": {"action": "create", "send_welcome": False},
+        "profile": profile,
+        "groups": [{"name": n} for n in names],
+    }
 
 
 def is_inactive(user: dict[str, Any]) -> bool:
@@ -132,7 +144,9 @@ def set_user_sync(session: Any, o: Options, body: dict[str, Any], counter: Count
         pause = min(max(pause * 2, 0.001), o.poll_max)
 
 
-def migrate_user_sync(session: Any, o: Options, user: dict[str, Any], names: dict[int, str], counter: Counter) -> None:
+def migrate_user_sync(
+    session: Any, o: Options, user: dict[str, Any], names: dict[int, str], counter: Counter
+) -> None:
     ok = set_user_sync(session, o, create_body(user, names), counter)
     if ok and is_inactive(user):
         ok = set_user_sync(session, o, deactivate_body(user), counter)
@@ -312,7 +326,12 @@ def run_dlt(o: Options) -> dict[str, Any]:
         {
             "client": {
                 "base_url": f"{o.damstra}/api/v2/",
-                "auth": {"type": "api_key", "name": "AccessKey", "api_key": o.damstra_key, "location": "header"},
+                "auth": {
+                    "type": "api_key",
+                    "name": "AccessKey",
+                    "api_key": o.damstra_key,
+                    "location": "header",
+                },
                 "paginator": {
                     "type": "offset",
                     "limit": o.page_size,
@@ -325,14 +344,22 @@ def run_dlt(o: Options) -> dict[str, Any]:
             "resources": [
                 {
                     "name": "users",
-                    "endpoint": {"path": "user", "params": {"activeValue": "all"}, "data_selector": "results"},
+                    "endpoint": {
+                        "path": "user",
+                        "params": {"activeValue": "all"},
+                        "data_selector": "results",
+                    },
                     "write_disposition": "append",
                 }
             ],
         }
     )
     pipeline = dlt.pipeline(
-        pipeline_name="bench_dlt", destination=civica, pipelines_dir=workdir, dataset_name="bench", progress=None
+        pipeline_name="bench_dlt",
+        destination=civica,
+        pipelines_dir=workdir,
+        dataset_name="bench",
+        progress=None,
     )
     pipeline.run(source)
     seconds = time.monotonic() - started

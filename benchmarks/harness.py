@@ -79,7 +79,9 @@ class Sim(AbstractContextManager["Sim"]):
     `migrator sim civica` with the same flags plus the write counters in /_sim/stats.
     """
 
-    def __init__(self, platform_name: str, workdir: Path, *, args: list[str] | None = None, stock: bool = False):
+    def __init__(
+        self, platform_name: str, workdir: Path, *, args: list[str] | None = None, stock: bool = False
+    ):
         self.platform = platform_name
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
@@ -100,7 +102,9 @@ class Sim(AbstractContextManager["Sim"]):
         """Spawn the process; `wait_ready` blocks until it answers (start several, then wait)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=bench_env(), cwd=ROOT)
+            self.proc = subprocess.Popen(
+                self.cmd, stdout=log, stderr=subprocess.STDOUT, env=bench_env(), cwd=ROOT
+            )
 
     def wait_ready(self, within: float = 30.0) -> None:
         assert self.proc is not None
@@ -164,7 +168,11 @@ def write_plan(
     """A Damstra -> Civica plan. Groups always run (users wait on their groups' target ids; Civica
     groups cost no request); certificates only when asked."""
     table = "\n".join(f'"{n}" = "CERT-{n}"' for n in range(101, 121))
-    mapping = f'\n[mapping]\nunmapped_lessons = "skip"\n\n[mapping.certifications]\n{table}\n' if certificates else ""
+    mapping = (
+        f'\n[mapping]\nunmapped_lessons = "skip"\n\n[mapping.certifications]\n{table}\n'
+        if certificates
+        else ""
+    )
     target_limits = target_limits or {"concurrency": 64, "rate": 1_000_000, "burst": 10_000}
     source_limits = source_limits or {"concurrency": 8, "rate": 1_000_000, "burst": 10_000}
     certs = (
@@ -315,8 +323,19 @@ def migrate(
     """`migrator run PLAN --quiet --report ...` as a child process, measured (`prefix`: e.g. a profiler)."""
     report = plan.parent / f"report-{tag}.json"
     report.unlink(missing_ok=True)
-    cmd = [*(prefix or []), *migrator_cmd(), "run", str(plan), "--quiet", "--report", str(report), *(extra or [])]
-    m = run_measured(cmd, cwd=plan.parent, timeout=timeout, kill_after=kill_after, report_path=report, on_tick=on_tick)
+    cmd = [
+        *(prefix or []),
+        *migrator_cmd(),
+        "run",
+        str(plan),
+        "--quiet",
+        "--report",
+        str(report),
+        *(extra or []),
+    ]
+    m = run_measured(
+        cmd, cwd=plan.parent, timeout=timeout, kill_after=kill_after, report_path=report, on_tick=on_tick
+    )
     if m.killed_at is None and m.returncode != 0:
         raise RuntimeError(f"migrator exited {m.returncode}: {shown(cmd)}\n{m.output[-3000:]}")
     return m

@@ -60,7 +60,9 @@ def measure(size: int, workdir: Path) -> dict:
         ]
     users = (m.report or {}).get("streams", {}).get("users", {})
     if users.get("written") != size or target.get("users") != size:
-        raise RuntimeError(f"{size} users: migrator wrote {users.get('written')}, Civica holds {target.get('users')}")
+        raise RuntimeError(
+            f"{size} users: migrator wrote {users.get('written')}, Civica holds {target.get('users')}"
+        )
     return {
         "size": size,
         "rss_mb": m.rss_mb,
@@ -69,9 +71,9 @@ def measure(size: int, workdir: Path) -> dict:
         "rate": size / m.seconds,
         "requests": target["requests"],
         "cmd": shown(m.cmd).replace(str(folder), "$WORK"),
-        "plan": plan.read_text().replace(damstra.url, "http://127.0.0.1:$DAMSTRA_PORT").replace(
-            civica.url, "http://127.0.0.1:$CIVICA_PORT"
-        ),
+        "plan": plan.read_text()
+        .replace(damstra.url, "http://127.0.0.1:$DAMSTRA_PORT")
+        .replace(civica.url, "http://127.0.0.1:$CIVICA_PORT"),
         "sims": sims,
         "samples": m.rss_samples,
     }
@@ -98,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     ratio = large["rss_mb"] / small["rss_mb"]
     ok = ratio < GOAL
     verdict = "met" if ok else "NOT met"
-    print(f"memory: peak RSS ratio {large['size']:,} / {small['size']:,} users = {ratio:.3f} (goal < {GOAL}: {verdict})")
+    print(
+        f"memory: peak RSS ratio {large['size']:,} / {small['size']:,} users = {ratio:.3f} (goal < {GOAL}: {verdict})"
+    )
     if not args.no_write:
         body = render(rows, ratio, ok, time.monotonic() - started)
         replace_section("memory", body)

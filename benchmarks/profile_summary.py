@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, str], ...] = (
 ANYWHERE: tuple[tuple[str, str], ...] = (
     ("the ledger (migrator/ledger.py)", "migrator/ledger.py"),
     ("HostClient.request and below (migrator/http.py)", "migrator/http.py"),
-    ("anyio", "anyio/"),
+    ("SQLite commits (Ledger.commit)", "Ledger.commit"),
 )
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
@@ -79,7 +79,7 @@ def summarize(path: str | Path, top: int = 12) -> str:
         layers[_layer(file)] += n
         self_time[_short(func, file)] += n
         for label, frag in ANYWHERE:
-            if any(frag in file for _, file in frames):
+            if any(frag in file or frag in func for func, file in frames):
                 anywhere[label] += n
         seen = set()
         for func, file in frames:
