@@ -179,11 +179,13 @@ class Response(msgspec.Struct, dict=True):
         except orjson.JSONDecodeError as exc:
             # dict=True lets the client attach its redactor without it showing up in repr/eq.
             redact: Callable[[str], str] = getattr(self, "_redact", _no_redact)
+            show = getattr(self, "_show", None)
+            path = show[0](show[1], show[2]) if show else redact(self.path)
             raise ProtocolError(
-                f"{self.method} {self.path}: HTTP {self.status} body is not valid JSON ({exc})",
+                f"{self.method} {path}: HTTP {self.status} body is not valid JSON ({exc})",
                 status=self.status,
                 method=self.method,
-                path=self.path,
+                path=path,
                 body_excerpt=_excerpt(self.body, redact),
             ) from None
 
@@ -410,7 +412,6 @@ class HostClient:
         method = method.upper()
         if not path.startswith("/"):
             path = "/" + path
-        shown = self._show_path(path, params)
         url = self._urls.get(path)
         if url is None:
             # paths arrive already encoded (connectors.segment): yarl must not re-encode or drop `..`
@@ -436,6 +437,7 @@ class HostClient:
                 c.requests += 1
 
             if isinstance(outcome, _Transport):
+                shown = self._show_path(path, params)
                 for c in counters:
                     c.errors += 1
                 if not idempotent and not outcome.surely_not_sent:
@@ -457,9 +459,12 @@ class HostClient:
                         c.rate_limited += 1
                 retry_after = await self._note_status(loop, status, outcome.headers, started)
                 if status in accept:
-                    outcome.method, outcome.path = method, shown
+                    outcome.method, outcome.path = method, path
+                    # the message path (query values hidden, secrets redacted) is built only if needed
+                    outcome._show = (self._show_path, path, params)  # type: ignore[attr-defined]
                     outcome._redact = self._redact  # type: ignore[attr-defined]
                     return outcome
+                shown = self._show_path(path, params)
                 excerpt = _excerpt(outcome.body, self._redact)
                 reason = f"HTTP {status}"
                 if status in AUTH_STATUSES:
