@@ -54,14 +54,15 @@ class _OffsetListing:
 
     async def pages(self, cursor: str | None, stats: RequestStats) -> AsyncIterator[tuple[list[dict], int, int | None]]:
         start = int(cursor or 0)
+        overlap = min(self.OVERLAP, self.page_size // 2)  # a page must still bring new records
         tail: set[str] = set()  # ids that ended the previous page
         while True:
-            back = min(start, self.OVERLAP)
+            back = min(start, overlap)
             while True:
                 ask = start - back
                 env = await self._page(ask, stats)
                 ids = [str(r.get("id")) for r in env.results]
-                if not tail or ask == 0 or tail.intersection(ids):
+                if not tail or ask == 0 or back == 0 or tail.intersection(ids):
                     break
                 back = min(start, max(back, 1) * 4)  # more vanished than the overlap covers
             if not env.results:
@@ -69,9 +70,11 @@ class _OffsetListing:
             after = ask + len(env.results)
             total = env.meta.totalResultCount if env.meta else None
             yield env.results, after, total
-            if (total is not None and after >= total) or after <= start:
+            if total is not None and after >= total:
                 return
-            start, tail = after, set(ids[-self.OVERLAP :])
+            if total is None and len(env.results) < self.page_size:
+                return  # no meta: a short page is the last one
+            start, tail = after, set(ids[-max(overlap, 1) :])
 
 
 def _decode_envelope(body: Any, path: str) -> Envelope:
