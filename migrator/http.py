@@ -47,6 +47,7 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Of those, the ones that prove the server did not act on the request (safe to resend a POST).
 NOT_APPLIED_STATUSES = frozenset({408, 429})
+MAX_THROTTLED = 200  # 429s one request may meet before it gives up all the same
 AUTH_STATUSES = frozenset({401, 403})
 PAUSING_STATUSES = frozenset({429, 503})
 
@@ -425,7 +426,7 @@ class HostClient:
         counters = (self.stats,) if stats is None or stats is self.stats else (self.stats, stats)
         loop = asyncio.get_running_loop()
 
-        attempt = 0
+        attempt = throttled = 0
         while True:
             attempt += 1
             async with self._slots:
@@ -493,6 +494,10 @@ class HostClient:
                         body_excerpt=excerpt,
                     )
 
+            if status == 429 and throttled < MAX_THROTTLED:
+                # "slow down" is not a failure: it does not use up the retry budget
+                throttled += 1
+                attempt -= 1
             if attempt > self.limits.max_retries:
                 raise HttpError(
                     f"{method} {shown}: gave up after {attempt} attempts; last: {reason}",
@@ -599,6 +604,7 @@ class HostClient:
                     # the bucket must not refill during the pause and burst the moment it ends
                     await self._set_rate(self._rate)
         if not self._adaptive:
+            await self._follow_fixed_limit(now, status, started)
             return pause
         if status == 429:
             # Requests started before the last cut reflect the old rate; a burst of them counts once.
@@ -623,6 +629,19 @@ class HostClient:
                     await self._raise_rate(now)
                 self._window_start, self._window_ok = now, 0
         return pause
+
+    async def _follow_fixed_limit(self, now: float, status: int, started: float) -> None:
+        """A configured rate the server keeps refusing is too high: ease off 20% per second of
+        429s, then return towards the configured rate (+5% per clean 2 s)."""
+        configured = self.limits.rate or self._rate
+        if status == 429:
+            if started >= self._last_cut and now - self._last_cut >= 1.0:
+                await self._set_rate(max(configured * 0.05, self._rate * 0.8))
+                self._last_cut = now
+            self._window_start = now
+        elif self._rate < configured and now - self._window_start >= 2.0:
+            await self._set_rate(min(configured, self._rate * 1.05))
+            self._window_start = now
 
     async def _raise_rate(self, now: float) -> None:
         if self._slow_start or self._ceiling is None:
