@@ -79,6 +79,11 @@ class TargetStream:
     def encode(self, record: Any, parents: dict[Dep, str]) -> Encoded:
         raise NotImplementedError
 
+    def natural_key(self, record: Any) -> str | None:
+        """The target key when it follows from the record alone (no parents needed), so that of
+        two records with the same key the one read first is the one carried."""
+        return None
+
     async def write(self, item: WriteItem) -> str:
         raise NotImplementedError
 

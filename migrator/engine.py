@@ -182,6 +182,7 @@ class StreamRunner:
         self.tracker = PageTracker(ledger, name)
         self.active: set[str] = set()  # ids between mapper and settle: offset paging may repeat them
         self.claims: dict[str, str] = {}  # target key → source id being written to it
+        self.claimed: dict[str, list[str]] = {}  # source id → the keys it holds
         self.complete = False
 
     async def run(self) -> None:
@@ -249,6 +250,9 @@ class StreamRunner:
                     self.tracker.add(seq)
                     try:
                         mapped = self.mapper(self.name, self.source.decode(native))
+                        key = self.target.natural_key(mapped.record)
+                        if key is not None:
+                            self._claim(key, sid)  # in read order: the first record read keeps the key
                     except Skip as skip:
                         self.ledger.mark_skipped(self.name, sid, skip.reason)
                         self._settle(seq, sid)
@@ -257,6 +261,9 @@ class StreamRunner:
                         self.ledger.mark_dead(self.name, sid, err.error_class, err.message, err.status, native)
                         self._settle(seq, sid)
                         continue
+                    except BaseException:
+                        self._release(sid)
+                        raise
                     await out.send(Item(seq, sid, mapped, state, native))
                 self.tracker.close(seq)
 
@@ -332,8 +339,7 @@ class StreamRunner:
             self.ledger.mark_dead(name, sid, _error_class(err), str(err), err.status, payload)
             settled = True
         finally:
-            if encoded is not None and self.claims.get(encoded.key) == sid:
-                del self.claims[encoded.key]
+            self._release(sid)
             if settled:
                 self._settle(item.seq, sid)
             # an unsettled record (cancelled mid-write) keeps its place: the cursor must not pass it
@@ -346,6 +352,13 @@ class StreamRunner:
                 "duplicate_natural_key", f"target key '{key}' is already carried by source record {owner}"
             )
         self.claims[key] = sid
+        self.claimed.setdefault(sid, []).append(key)
+
+    def _release(self, sid: str) -> None:
+        # once settled, the ledger answers for the key (written rows keep their target id)
+        for key in self.claimed.pop(sid, ()):
+            if self.claims.get(key) == sid:
+                del self.claims[key]
 
     def _dry_run(self, encoded: Encoded) -> None:
         exists = self.dry_keys(self.name, encoded.key) if self.dry_keys else False

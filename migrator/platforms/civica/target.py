@@ -84,6 +84,9 @@ class CivicaGroups(TargetStream):
     name = "groups"
     verify_note = "Civica cannot list groups; memberships are verified on users.groups"
 
+    def natural_key(self, record: Group) -> str:
+        return record.name
+
     def encode(self, record: Group, parents: dict[Dep, str]) -> Encoded:
         losses = []
         if record.description:
@@ -105,6 +108,9 @@ class CivicaUsers(TargetStream):
 
     def __init__(self, civica: Civica):
         self.civica = civica
+
+    def natural_key(self, record: User) -> str:
+        return record.username
 
     def encode(self, record: User, parents: dict[Dep, str]) -> Encoded:
         for canonical, key in (("first_name", "forename"), ("last_name", "surname")):
