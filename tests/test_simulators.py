@@ -65,6 +65,7 @@ def test_fault_spec_parse() -> None:
     slow = FaultSpec.parse("slow=0.25,slow_delay=1500ms,500=0.1")
     assert (slow.slow, slow.slow_delay, slow.total()) == (0.25, 1.5, pytest.approx(0.35))
     assert FaultSpec.parse("slow=1").slow_delay == 3.0  # the default delay
+    assert FaultSpec.parse("badjson=0.1,truncate=0.1").total() == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize(
@@ -80,7 +81,7 @@ def test_fault_spec_errors(text: str, fragment: str) -> None:
         FaultSpec.parse(text)
     assert fragment in str(err.value)
     if "unknown key" in str(err.value):
-        assert "valid keys: 500, 502, 503, 504, drop, truncate, slow, slow_delay, latency, after, seed" in str(err.value)
+        assert "valid keys: 500, 502, 503, 504, drop, truncate, badjson, slow, slow_delay, latency, after, seed" in str(err.value)
 
 
 async def test_serve_runs_until_cancelled() -> None:
@@ -147,6 +148,21 @@ async def test_truncate_gives_payload_error() -> None:
     with RunningSim(DamstraSimulator(records=10, faults="truncate=1")) as sim:
         with pytest.raises(aiohttp.ClientPayloadError):
             await fetch("GET", f"{sim.url}/api/v2/user", headers=DKEY)
+
+
+async def test_badjson_is_complete_but_does_not_parse() -> None:
+    with RunningSim(DamstraSimulator(records=10, faults="badjson=1")) as sim:
+        async with aiohttp.ClientSession() as s, s.get(f"{sim.url}/api/v2/user", headers=DKEY) as r:
+            raw = await r.read()  # no payload error: the framing is honest
+            assert r.status == 200 and r.headers["Content-Type"].startswith("application/json")
+            assert int(r.headers["Content-Length"]) == len(raw) > 0
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(raw)
+    sim_obj = CivicaSimulator(status_delay=0.0, faults="badjson=1")
+    with RunningSim(sim_obj) as sim:
+        async with aiohttp.ClientSession() as s, s.post(f"{sim.url}/SetUser", json=create_body("g"), headers=CAUTH) as r:
+            assert r.status == 202 and r.headers["Location"].startswith("/status/")  # served, headers intact
+        assert sim.call(lambda: "g" in sim_obj.users)
 
 
 async def test_injected_5xx_uses_platform_body() -> None:
@@ -538,3 +554,138 @@ async def test_civica_inactive_users_paging_and_preload(tmp_path: Path) -> None:
         assert body["users"] == []
         _, stats, _ = await fetch("GET", f"{sim.url}/_sim/stats")
         assert stats["users"] == 1099 and stats["active_users"] == 550
+
+
+# ---------------------------------------------------------------- slow answers, mutation, rotation, stuck statuses
+async def test_slow_read_outlasts_a_short_timeout_and_arrives_for_a_patient_client() -> None:
+    with RunningSim(DamstraSimulator(records=10, faults="slow=1,slow_delay=400ms")) as sim:
+        with pytest.raises(asyncio.TimeoutError):
+            await fetch("GET", f"{sim.url}/api/v2/user", headers=DKEY, timeout=aiohttp.ClientTimeout(total=0.1))
+        t0 = time.monotonic()
+        status, body, _ = await fetch("GET", f"{sim.url}/api/v2/user", headers=DKEY)
+        assert status == 200 and body["results"] and time.monotonic() - t0 >= 0.4
+        await asyncio.sleep(0.4)  # the abandoned first request finishes its delay
+        faults = sim.call(lambda: dict(sim.sim.stats.faults))  # type: ignore[attr-defined]
+        assert faults["slow"] == 2 and faults["slow_abandoned"] == 1
+
+
+async def test_slow_write_before_is_dropped_if_abandoned_and_after_is_applied() -> None:
+    short = aiohttp.ClientTimeout(total=0.1)
+    # before: the delay comes first; the client hung up meanwhile, so the write never happens
+    sim_obj = CivicaSimulator(status_delay=0.0, faults="slow=1,slow_delay=300ms,after=0")
+    with RunningSim(sim_obj) as sim:
+        with pytest.raises(asyncio.TimeoutError):
+            await fetch("POST", f"{sim.url}/SetUser", json=create_body("late"), headers=CAUTH, timeout=short)
+        await asyncio.sleep(0.4)
+        assert sim.call(lambda: "late" in sim_obj.users) is False
+        # a patient client gets the write applied after the delay
+        status, _, _ = await rpc(sim, "SetUser", create_body("patient"))
+        assert status == 202 and sim.call(lambda: "patient" in sim_obj.users)
+    # after: the write is applied at once, only the answer is late
+    sim_obj = CivicaSimulator(status_delay=0.0, faults="slow=1,slow_delay=300ms,after=1")
+    with RunningSim(sim_obj) as sim:
+        with pytest.raises(asyncio.TimeoutError):
+            await fetch("POST", f"{sim.url}/SetUser", json=create_body("early"), headers=CAUTH, timeout=short)
+        assert sim.call(lambda: "early" in sim_obj.users) is True
+        await asyncio.sleep(0.3)
+        faults = sim.call(lambda: dict(sim_obj.stats.faults))
+        assert faults == {"slow": 1, "after": 1}
+
+
+def _loaded_users(n: int) -> list[dict[str, Any]]:
+    return [{"kind": "user", "id": 10 + i, "userName": f"u{i}", "firstName": "F", "lastName": "L", "active": True}
+            for i in range(n)]
+
+
+async def test_damstra_users_inserted_and_deleted_while_listing() -> None:
+    rows = _loaded_users(10) + [{"kind": "schedule", "id": 900, "userId": 12, "lessonId": 101, "status": "completed"}]
+    served: list[str] = []
+
+    def hook(request: Any, resp: Any) -> None:
+        if request.path == "/api/v2/user" and resp.status == 200:
+            served.append(request.query.get("startIndex", "0"))
+            if len(served) == 1:  # right after page 1: two records behind the offset go, one comes
+                sim_obj.delete_user(10)
+                sim_obj.delete_user(12)
+                sim_obj.insert_user({"userName": "new", "firstName": "N", "lastName": "W"},
+                                    schedules=[{"id": 901, "lessonId": 102, "status": "completed"}])
+
+    sim_obj = DamstraSimulator(data=rows, on_served=hook)
+    with RunningSim(sim_obj) as sim:
+        page = {"activeValue": "all", "maxResults": "4"}
+        _, body, _ = await fetch("GET", f"{sim.url}/api/v2/user", headers=DKEY, params={**page, "startIndex": "0"})
+        assert [u["id"] for u in body["results"]] == [10, 11, 12, 13]
+        _, body, _ = await fetch("GET", f"{sim.url}/api/v2/user", headers=DKEY, params={**page, "startIndex": "4"})
+        # the listing shifted by two: a naive offset reader never sees 14 and 15
+        assert [u["id"] for u in body["results"]] == [16, 17, 18, 19]
+        assert body["meta"]["totalResultCount"] == 9
+        _, body, _ = await fetch("GET", f"{sim.url}/api/v2/user", headers=DKEY, params={**page, "startIndex": "8"})
+        assert [(u["id"], u["userName"]) for u in body["results"]] == [(20, "new")]
+        assert (await fetch("GET", f"{sim.url}/api/v2/user/12", headers=DKEY))[0] == 404
+        assert (await fetch("GET", f"{sim.url}/api/v2/lesson_schedule/900", headers=DKEY))[0] == 404
+        _, body, _ = await fetch("GET", f"{sim.url}/api/v2/user/20/lesson_schedule", headers=DKEY)
+        assert [(s["id"], s["userId"]) for s in body["results"]] == [(901, 20)]
+        assert served == ["0", "4", "8"]
+    with pytest.raises(KeyError):
+        sim_obj.delete_user(12)
+    with pytest.raises(ValueError, match="above 20"):
+        sim_obj.insert_user({"id": 5, "userName": "x"})
+    with pytest.raises(TypeError, match="data="):
+        DamstraSimulator(records=5).delete_user(1000)
+
+
+async def test_damstra_loaded_data_tolerates_hostile_types(tmp_path: Path) -> None:
+    rows = [{"kind": "user", "id": "7", "userName": "s", "firstName": 5, "groups": "admins"},
+            {"kind": "user", "id": 3, "userName": "i", "firstName": None, "groups": None},
+            {"kind": "group", "id": 1, "name": "G"}]
+    with RunningSim(DamstraSimulator(data=rows)) as sim:
+        _, body, _ = await fetch("GET", f"{sim.url}/api/v2/user", headers=DKEY, params={"activeValue": "all"})
+        assert [u["id"] for u in body["results"]] == [3, "7"]  # served as they are, ill-typed ids last
+        assert (await fetch("GET", f"{sim.url}/api/v2/group/1/member", headers=DKEY))[1]["results"] == []
+        _, body, _ = await fetch("GET", f"{sim.url}/api/v2/user", headers=DKEY, params={"activeValue": "all", "q": "5"})
+        assert [u["id"] for u in body["results"]] == ["7"]
+
+
+async def test_damstra_rotated_key_is_refused_on_every_following_request() -> None:
+    sim_obj = DamstraSimulator(records=10, rate=2, burst=2)
+    with RunningSim(sim_obj) as sim:
+        assert (await fetch("GET", f"{sim.url}/api/v2/lesson", headers=DKEY))[0] == 200
+        sim.call(sim_obj.rotate_key, "new-key")
+        # even past the old key's rate, the answer is 401 - never a 429 that would invite a retry
+        statuses = [(await fetch("GET", f"{sim.url}/api/v2/user", headers=DKEY))[0] for _ in range(6)]
+        assert statuses == [401] * 6
+        assert (await fetch("GET", f"{sim.url}/api/v2/user", headers={"AccessKey": "new-key"}))[0] == 200
+        sim.call(sim_obj.rotate_key, "damstra-demo-key")  # rotating back revives the first key
+        assert (await fetch("GET", f"{sim.url}/api/v2/user", headers={"AccessKey": "new-key"}))[0] == 401
+
+
+async def test_civica_status_stuck_then_fails_and_holds_the_username() -> None:
+    sim_obj = CivicaSimulator(status_delay=0.0, status_stuck=1.0, status_stuck_for=0.4)
+    with RunningSim(sim_obj) as sim:
+        _, _, headers = await rpc(sim, "SetUser", create_body("stuck"))
+        t0 = time.monotonic()
+        _, st, _ = await fetch("GET", f"{sim.url}{headers['Location']}", headers=CAUTH)
+        assert st["status"] == 1
+        assert (await rpc(sim, "SetUser", create_body("stuck")))[0] == 409  # still holds the username
+        while st["status"] == 1:
+            await asyncio.sleep(0.05)
+            _, st, _ = await fetch("GET", f"{sim.url}{headers['Location']}", headers=CAUTH)
+        assert st["status"] == 3 and st["message"] and time.monotonic() - t0 >= 0.3
+        assert sim.call(lambda: ("stuck" in sim_obj.users, sim_obj.stuck_ops, sim_obj.pending)) == (False, 1, 0)
+        sim_obj.status_stuck = 0.0
+        _, _, headers = await rpc(sim, "SetUser", create_body("stuck"))  # the resend now goes through
+        assert (await fetch("GET", f"{sim.url}{headers['Location']}", headers=CAUTH))[1]["status"] == 2
+        assert sim.call(lambda: "stuck" in sim_obj.users)
+
+
+async def test_civica_stuck_ops_do_not_hold_up_later_ones() -> None:
+    sim_obj = CivicaSimulator(status_delay=0.05, status_stuck=0.5, status_stuck_for=30, seed=4)
+    with RunningSim(sim_obj) as sim:
+        for n in range(12):
+            await rpc(sim, "SetUser", create_body(f"p{n}"))
+        await asyncio.sleep(0.1)
+        sim.call(sim_obj.settle)
+        stuck, users = sim.call(lambda: (len(sim_obj._stuck), len(sim_obj.users)))
+        assert 0 < stuck < 12 and users == 12 - stuck
+        _, stats, _ = await fetch("GET", f"{sim.url}/_sim/stats")
+        assert stats["pending"] == stuck and stats["stuck_ops"] == 0

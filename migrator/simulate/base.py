@@ -17,10 +17,18 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from migrator.simulate.faults import FaultInjector, FaultSpec, Outcome, drop_connection, truncated_response
+from migrator.simulate.faults import (
+    FaultInjector,
+    FaultSpec,
+    Outcome,
+    drop_connection,
+    garbled_response,
+    truncated_response,
+)
 from migrator.simulate.ratelimit import TokenBucketLimiter
 from migrator.simulate.stats import SimStats
 
+MAX_BODY = 16 * 1024 * 1024
 _BROKEN = web.ResponseKey("sim_broken", bool)  # marks responses that never (fully) reached the client
 
 
@@ -75,7 +83,8 @@ class SimulatorBase:
 
     # ---- app ---------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware])
+        # Bodies up to 16 MiB (aiohttp's default is 1 MiB): huge field values reach the platform's own checks.
+        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY)
         app.router.add_get("/_sim/stats", self._sim_stats)
         self.add_routes(app.router)
         return app
@@ -118,6 +127,10 @@ class SimulatorBase:
         fault = self.injector.roll(self.is_write(request))
         if fault is not None and fault[0] == "slow":
             return await self._slow(request, handler, fault[1])
+        if fault is not None and fault[0] == "badjson":
+            # Always served (a 2xx that was not processed would be a lie no API tells); only the body is cut.
+            self.stats.faulted("badjson")
+            return garbled_response(await handler(request))
         if fault is not None and fault[1] == "before":
             return await self._inflict(request, fault[0], None)
         resp = await handler(request)

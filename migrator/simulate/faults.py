@@ -4,8 +4,10 @@ A spec such as ``"500=0.05,drop=0.01,truncate=0.01,slow=0.02,slow_delay=2s,laten
 describes what can go wrong; ``FaultInjector`` turns it into one decision per request.
 
 Outcomes (mutually exclusive, one roll per request): an injected status (500/502/503/504), ``drop``
-(the socket is closed without an answer), ``truncate`` (half a body, then the socket is closed) and
-``slow`` (the answer is held back ``slow_delay`` seconds, meant to outlast the client's timeout).
+(the socket is closed without an answer), ``truncate`` (half a body, then the socket is closed),
+``slow`` (the answer is held back ``slow_delay`` seconds, meant to outlast the client's timeout) and
+``badjson`` (the request is served, but the answer's body is cut in half behind correct framing: a
+complete-looking response whose JSON does not parse, as a misbehaving proxy or gateway produces).
 On write routes ``after`` is the share of those faults that strike *after* the write was applied;
 for ``slow`` that means the write is applied at once and only the answer is late, while a ``before``
 slow write is applied after the delay -- unless the client has hung up by then, as a gateway drops
@@ -23,13 +25,13 @@ from aiohttp import web
 # Statuses a spec may inject; anything else is a typo we want to catch early.
 FAULT_STATUSES: tuple[int, ...] = (500, 502, 503, 504)
 VALID_KEYS: tuple[str, ...] = (
-    *(str(s) for s in FAULT_STATUSES), "drop", "truncate", "slow", "slow_delay", "latency", "after", "seed",
+    *(str(s) for s in FAULT_STATUSES), "drop", "truncate", "badjson", "slow", "slow_delay", "latency", "after", "seed",
 )
 DEFAULT_SLOW_DELAY = 3.0
 
 Phase = Literal["before", "after"]
 # A fault outcome is an HTTP status to answer, or a broken-connection kind.
-Outcome = int | Literal["drop", "truncate", "slow"]
+Outcome = int | Literal["drop", "truncate", "badjson", "slow"]
 
 
 def _prob(key: str, raw: str) -> float:
@@ -65,6 +67,7 @@ class FaultSpec:
     statuses: dict[int, float] = field(default_factory=dict)
     drop: float = 0.0
     truncate: float = 0.0
+    badjson: float = 0.0  # share of answers served complete-looking but with a cut JSON body
     slow: float = 0.0  # share of requests whose answer is held back slow_delay seconds
     slow_delay: float = DEFAULT_SLOW_DELAY
     latency: float = 0.0  # seconds added to every request
@@ -98,6 +101,7 @@ class FaultSpec:
             statuses=statuses,
             drop=values.get("drop", 0.0),
             truncate=values.get("truncate", 0.0),
+            badjson=values.get("badjson", 0.0),
             slow=values.get("slow", 0.0),
             slow_delay=values.get("slow_delay", DEFAULT_SLOW_DELAY),
             latency=values.get("latency", 0.0),
@@ -115,7 +119,7 @@ class FaultSpec:
         return value if isinstance(value, FaultSpec) else cls.parse(value)
 
     def total(self) -> float:
-        return sum(self.statuses.values()) + self.drop + self.truncate + self.slow
+        return sum(self.statuses.values()) + self.drop + self.truncate + self.badjson + self.slow
 
 
 class FaultInjector:
@@ -129,7 +133,7 @@ class FaultInjector:
         for status, p in sorted(spec.statuses.items()):
             edge += p
             self._table.append((edge, status))
-        for kind in ("drop", "truncate", "slow"):
+        for kind in ("drop", "truncate", "badjson", "slow"):
             edge += getattr(spec, kind)
             self._table.append((edge, kind))  # type: ignore[arg-type]
 
@@ -162,3 +166,13 @@ async def truncated_response(request: web.Request, body: bytes, content_type: st
     if transport is not None:
         transport.close()
     return resp
+
+
+def garbled_response(resp: web.StreamResponse) -> web.StreamResponse:
+    """The same status and headers, half the body, honestly framed: the client reads it all, then fails to parse."""
+    if not isinstance(resp, web.Response):
+        return resp
+    body = resp.body if isinstance(resp.body, bytes) else b""
+    cut = body[: len(body) // 2] if len(body) > 1 else b"{"
+    headers = {k: v for k, v in resp.headers.items() if k.lower() != "content-length"}
+    return web.Response(body=cut, status=resp.status, headers=headers)
