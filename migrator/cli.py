@@ -197,9 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rate", type=float, help="requests/s before answering 429")
     p.add_argument("--burst", type=int)
-    p.add_argument("--faults", metavar="SPEC", help='e.g. "500=0.05,drop=0.01,latency=20ms"')
+    p.add_argument(
+        "--faults", metavar="SPEC",
+        help='e.g. "500=0.05,502=0.01,drop=0.01,truncate=0.01,badjson=0.01,slow=0.01,slow_delay=3s,'
+        'latency=20ms,after=0.5,seed=7" (after: share of write faults that strike once the write is applied)',
+    )
     p.add_argument("--data", metavar="FILE.jsonl", help="serve these records instead of generated ones")
     p.add_argument("--status-delay", type=float, default=0.5, help="civica: seconds a SetUser stays pending")
+    p.add_argument("--status-fail", type=float, default=0.0, help="civica: share of SetUsers that end failed (3)")
+    p.add_argument("--status-stuck", type=float, default=0.0,
+                   help="civica: share of SetUsers that stay pending for a long while, then fail")
+    p.add_argument("--retry-after", choices=["seconds", "date", "none"], default="seconds",
+                   help="the form of Retry-After on a 429")
     p.add_argument("--key", help="the credential the simulator accepts (default: the demo key)")
     p.set_defaults(func=cmd_sim)
 

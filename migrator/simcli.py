@@ -12,7 +12,8 @@ from migrator.simulate.faults import FaultSpec
 
 def build_simulator(args: argparse.Namespace):
     faults = FaultSpec.parse(args.faults) if args.faults else None
-    common = {"rate": args.rate, "burst": args.burst, "faults": faults, "data": args.data, "seed": args.seed}
+    common = {"rate": args.rate, "burst": args.burst, "faults": faults, "data": args.data, "seed": args.seed,
+              "retry_after": args.retry_after}
     if args.platform == "damstra":
         from migrator.platforms.damstra.simulator import DamstraSimulator
 
@@ -21,7 +22,8 @@ def build_simulator(args: argparse.Namespace):
     from migrator.platforms.civica.simulator import CivicaSimulator
 
     extra = {"api_key": args.key} if args.key else {}
-    return CivicaSimulator(status_delay=args.status_delay, **common, **extra)
+    civica = {"status_delay": args.status_delay, "status_fail": args.status_fail, "status_stuck": args.status_stuck}
+    return CivicaSimulator(**civica, **common, **extra)
 
 
 def serve_simulator(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -145,3 +146,34 @@ def test_secrets_appear_nowhere(sims: Sims, tmp_path: Path) -> None:
         for text in haystacks:
             assert secret not in text
     assert (ledger.stat().st_mode & 0o077) == 0  # owner-only ledger
+
+
+@pytest.mark.parametrize("platform", ["damstra", "civica"])
+def test_sim_command_serves_on_loopback(platform: str) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "migrator.cli", "sim", platform, "--port", str(port), "--records", "50",
+         "--faults", "latency=1ms", "--retry-after", "date"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+    )
+    try:
+        line = proc.stdout.readline()
+        assert f"listening on http://127.0.0.1:{port}" in line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_sim/stats", timeout=10) as resp:
+            stats = json.loads(resp.read())
+        assert "requests" in stats
+        if platform == "civica":
+            assert stats["award_calls"] == 0 and stats["set_user_calls"] == {}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_sim_command_rejects_a_bad_fault_spec() -> None:
+    done = run_cli("sim", "civica", "--port", "1", "--faults", "explode=0.5")
+    assert done.returncode == 2 and "explode" in done.stderr and "Traceback" not in done.stderr

@@ -285,6 +285,8 @@ class CivicaSimulator(SimulatorBase):
             "pending": self.pending,
             "failed_ops": self.failed_ops,
             "stuck_ops": self.stuck_ops,
+            "set_user_calls": dict(self.set_user_calls),
+            "award_calls": self.award_calls,
         }
 
     def add_routes(self, router: web.UrlDispatcher) -> None:

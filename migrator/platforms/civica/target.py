@@ -242,7 +242,7 @@ class CivicaCertificates(TargetStream):
         return Encoded(payload, f"{uid}|{record.course_id}|{awarded}", requests=1)
 
     async def write(self, item: WriteItem) -> str:
-        for _attempt in range(5):
+        for _attempt in range(self.civica.cfg.limits.max_retries + 1):
             try:
                 await self.civica.call("AwardCertificate", item.encoded.payload, item.stats, idempotent=False)
                 return item.encoded.key
