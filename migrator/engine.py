@@ -237,15 +237,16 @@ class StreamRunner:
         async with out, pages:
             async for page in pages:
                 seq = self.tracker.open(page.cursor)
-                ids = list(dict.fromkeys(sid for sid, _ in page.records))
-                self.ledger.add_pending(self.name, ids)
-                prior = self.ledger.states(self.name, ids)
+                self.ledger.add_pending(self.name, dict.fromkeys(sid for sid, _ in page.records))
                 for sid, native in page.records:
                     if self.board.halted:
                         return  # the rest of the page stays pending; its cursor never passes them
-                    state = prior.get(sid)
-                    if sid in self.active or (state is not None and state.state in SETTLED):
-                        continue  # settled in an earlier run, or a repeat of this page
+                    if sid in self.active:
+                        continue  # a repeat (overlapping pages) of a record still on its way
+                    # asked now, not once per page: a repeat may have settled a moment ago
+                    state = self.ledger.state(self.name, sid)
+                    if state is not None and state.state in SETTLED:
+                        continue  # settled earlier, in this run or an earlier one
                     self.active.add(sid)
                     self.tracker.add(seq)
                     try:

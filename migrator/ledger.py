@@ -150,18 +150,6 @@ class Ledger:
         )
 
     # ---- records -------------------------------------------------------------------------
-    def states(self, stream: str, source_ids: list[str]) -> dict[str, RecordState]:
-        found: dict[str, RecordState] = {}
-        for start in range(0, len(source_ids), 500):
-            chunk = source_ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for sid, state, target, token in self.db.execute(
-                f"SELECT source_id, state, target_id, token FROM records WHERE stream = ? AND source_id IN ({marks})",
-                (stream, *chunk),
-            ):
-                found[sid] = RecordState(state, target, token)
-        return found
-
     def state(self, stream: str, source_id: str) -> RecordState | None:
         row = self.db.execute(
             "SELECT state, target_id, token FROM records WHERE stream = ? AND source_id = ?", (stream, source_id)
