@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/migrator demo --report demo-report.json
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check migrator mappings tests benchmarks
