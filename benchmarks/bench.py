@@ -4,8 +4,8 @@
     make bench-quick    # same scenarios, small sizes (<= 2 min), writes benchmarks/out/RESULTS-quick.md
 
 One code path: every scenario below runs in both modes; only the sizes in `QUICK` / `FULL` differ.
-Each run gets fresh simulators in their own processes on 127.0.0.1 (Damstra as `migrator sim
-damstra`, Civica as `migrator sim civica` plus write counters, see simproc.py); every figure is
+Each run gets fresh simulators in their own processes on 127.0.0.1 (`migrator sim damstra` and
+`migrator sim civica`, whose /_sim/stats counts the writes); every figure is
 a ratio to a baseline measured in the same invocation. Every run has a deadline.
 """
 
@@ -895,8 +895,7 @@ def render(b: Bench, wall: float, cmdline: str, stamp: str) -> str:
         "## Exact commands",
         "",
         "Ports are chosen free at run time ($DAMSTRA_PORT, $CIVICA_PORT); $WORK is a temporary folder; keys come "
-        "from BENCH_DAMSTRA_KEY / BENCH_CIVICA_KEY. `benchmarks/simproc.py civica ...` is `migrator sim civica ...` "
-        "with `set_user_calls` and `award_calls` added to `/_sim/stats`.",
+        "from BENCH_DAMSTRA_KEY / BENCH_CIVICA_KEY.",
         "",
     ]
     for tag, cmds in b.commands.items():

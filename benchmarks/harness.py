@@ -75,20 +75,18 @@ def http_json(url: str, timeout: float = 10.0) -> Any:
 class Sim(AbstractContextManager["Sim"]):
     """One simulator in its own process on 127.0.0.1.
 
-    Damstra runs as `migrator sim damstra`; Civica runs through benchmarks/simproc.py, which is
-    `migrator sim civica` with the same flags plus the write counters in /_sim/stats.
+    Both run as `migrator sim PLATFORM`; Civica's /_sim/stats carries the write counters
+    (set_user_calls, award_calls) the kill-and-resume row needs.
     """
 
     def __init__(
-        self, platform_name: str, workdir: Path, *, args: list[str] | None = None, stock: bool = False
+        self, platform_name: str, workdir: Path, *, args: list[str] | None = None
     ):
         self.platform = platform_name
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
         key = DAMSTRA_KEY if platform_name == "damstra" else CIVICA_KEY
         base = migrator_cmd() + ["sim"]
-        if platform_name == "civica" and not stock:
-            base = [sys.executable, str(BENCH_DIR / "simproc.py")]
         self.cmd = [*base, platform_name, "--port", str(self.port), "--key", key, *(args or [])]
         self.log_path = workdir / f"sim-{platform_name}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None

@@ -40,8 +40,8 @@ SOURCE_LIMITS = {"concurrency": 8, "rate": 1_000_000, "burst": 10_000}
 def measure(size: int, workdir: Path) -> dict:
     folder = workdir / f"n{size}"
     with (
-        Sim("damstra", folder, args=["--records", str(size), "--seed", "11"], stock=True) as damstra,
-        Sim("civica", folder, args=["--status-delay", str(STATUS_DELAY)], stock=True) as civica,
+        Sim("damstra", folder, args=["--records", str(size), "--seed", "11"]) as damstra,
+        Sim("civica", folder, args=["--status-delay", str(STATUS_DELAY)]) as civica,
     ):
         plan = write_plan(
             folder,
