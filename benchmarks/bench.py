@@ -392,7 +392,6 @@ class Bench:
         told: bool,
         latency: str | None = None,
         concurrency: int = CONNECTIONS,
-        plan_burst: int | None = None,
     ) -> dict[str, Any]:
         burst = max(1, rate // 10)
         users = int(rate * seconds)  # more than can move in `seconds`: the run is stopped on the clock
@@ -400,7 +399,7 @@ class Bench:
         civica = ["--rate", str(rate), "--burst", str(burst), *faults]
         limits: dict[str, Any] = {"concurrency": concurrency}
         if told:
-            limits |= {"rate": rate, "burst": plan_burst or burst}
+            limits |= {"rate": rate, "burst": burst}
         with self.sims(tag, users, civica=civica, damstra=faults) as (d, c):
             plan = self.plan(tag, d, c, target_limits=limits)
             samples: list[tuple[float, int, int]] = []
@@ -461,23 +460,6 @@ class Bench:
             "≤ 0.5%",
             share <= 0.005,
             "{:.2f}%",
-        )
-        # diagnostic, not a goal: the same server, the plan's burst halved (headroom for send jitter)
-        half = max(1, run["burst"] // 2)
-        self.log(f"rate limit told, diagnostic: plan burst {half} (server burst {run['burst']})")
-        diag = self._rate_run("rate-told-half-burst", rate=R, seconds=T, told=True, plan_burst=half)
-        start = diag["samples"][0][0] if diag["samples"] else 0
-        achieved, share, reqs = self._window(diag["samples"], start + 1.0, T - 0.3)
-        rows.append(
-            {
-                "scenario": f"diagnostic (not a goal): as above, but plan burst {half} = half the server's",
-                "window": f"{start + 1.0:.1f}–{T - 0.3:.1f} s",
-                "requests": reqs,
-                "achieved": achieved,
-                "R": R,
-                "ratio": achieved / R,
-                "429 share": share,
-            }
         )
         # adaptive: the plan gives no rate
         R, T = s.adaptive_rate, s.adaptive_seconds

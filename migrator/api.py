@@ -11,6 +11,7 @@ import anyio
 import orjson
 
 from mappings import mapping_for
+from migrator.connectors import exportable
 from migrator.engine import Board, NoProgress, Progress, StreamRunner
 from migrator.http import AuthError, RequestStats
 from migrator.ledger import Ledger
@@ -65,7 +66,7 @@ async def _collect_keys(target: Any, streams: list[str], ledger: Ledger, stats: 
     ledger.db.execute("CREATE TABLE IF NOT EXISTS target_keys (stream TEXT, key TEXT, PRIMARY KEY (stream, key))")
     for name in streams:
         stream = target.streams[name]
-        if type(stream).export is type(stream).__mro__[-2].export:  # not exportable
+        if not exportable(stream):
             continue
         batch = []
         async for key, _fields in stream.export(stats):

@@ -99,3 +99,8 @@ class TargetStream:
     def carried(self, encoded: Encoded) -> dict[str, Any]:
         """The fields verify compares, as the target would hold them after writing `encoded`."""
         return {}
+
+
+def exportable(stream: TargetStream) -> bool:
+    """Whether the target can list what it holds for this stream (verify and dry runs need it)."""
+    return type(stream).export is not TargetStream.export

@@ -239,11 +239,5 @@ class Ledger:
         for row in self.db.execute(sql + " ORDER BY stream, source_id", args):
             yield DeadLetter(*row)
 
-    def unsettled(self, stream: str) -> int:
-        row = self.db.execute(
-            "SELECT count(*) FROM records WHERE stream = ? AND state IN (?, ?)", (stream, PENDING, IN_FLIGHT)
-        ).fetchone()
-        return int(row[0])
-
     def stream_totals(self) -> dict[str, int | None]:
         return {s: t for s, t in self.db.execute("SELECT stream, total FROM cursors")}

@@ -15,17 +15,13 @@ import orjson
 
 from mappings import mapping_for
 from migrator.api import selected_streams
-from migrator.connectors import TargetStream
+from migrator.connectors import TargetStream, exportable
 from migrator.http import RequestStats
 from migrator.model import RecordError, Skip
 from migrator.plan import Plan
 from migrator.platforms.registry import open_source, open_target
 
 SAMPLES = 20
-
-
-def _exportable(stream: TargetStream) -> bool:
-    return type(stream).export is not TargetStream.export
 
 
 async def verify(plan: Plan) -> dict[str, Any]:
@@ -81,7 +77,7 @@ async def verify(plan: Plan) -> dict[str, Any]:
                             "INSERT INTO expected VALUES (?, ?, ?)",
                             (name, encoded.key, orjson.dumps(tstream.carried(encoded), option=orjson.OPT_SORT_KEYS)),
                         )
-                if _exportable(tstream):
+                if exportable(tstream):
                     async for key, fields in tstream.export(stats):
                         db.execute(
                             "INSERT INTO actual VALUES (?, ?, ?)",
@@ -101,7 +97,7 @@ def _compare(db: sqlite3.Connection, name: str, tstream: TargetStream, excluded:
     entry: dict[str, Any] = {"excluded_by_mapping": excluded}
     if note:
         entry["note"] = note
-    if not _exportable(tstream):
+    if not exportable(tstream):
         return entry
     counts = """
         WITH e AS (SELECT key, count(*) n FROM expected WHERE stream = :s GROUP BY key),

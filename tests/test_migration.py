@@ -80,7 +80,9 @@ async def test_dry_run_writes_nothing_and_estimates(sims: Sims, tmp_path: Path) 
     assert state["users"] == {} and state["award_calls"] == 0 and not state["set_user_calls"]
     expected = expected_state(sims.damstra.sim)
     dry = report["dry_run"]
-    assert dry["would_create"] == 3 + len(expected["users"]) + len(expected["awards"]) or dry["would_create"] > 0
+    groups = len(sims.damstra.sim.data.group_list())
+    assert dry["would_create"] == groups + len(expected["users"]) + len(expected["awards"])
+    assert dry["would_update"] == 0 and dry["would_reject"] == 0
     assert report["streams"]["users"]["dry_run"]["would_create"] == len(expected["users"])
     assert report["streams"]["certificates"]["dry_run"]["would_create"] == len(expected["awards"])
     assert dry["target_requests"] > len(expected["users"])
