@@ -48,7 +48,7 @@ CONNECTIONS = 64  # connections to Civica, for every concurrent contestant
 PAGE_SIZE = 100  # Damstra's page cap
 POLL_INITIAL = 0.0  # Civica here applies a SetUser before answering: the status is final at once
 POLL_MAX = 0.5
-NO_LIMIT = {"rate": 1_000_000, "burst": 10_000}  # HostLimits has no "unlimited"; this is far above reach
+NO_LIMIT = {"rate": "unlimited"}  # no limiter at all, as the raw ceiling has none
 RTT_100 = 0.1
 
 

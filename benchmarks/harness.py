@@ -171,8 +171,8 @@ def write_plan(
         if certificates
         else ""
     )
-    target_limits = target_limits or {"concurrency": 64, "rate": 1_000_000, "burst": 10_000}
-    source_limits = source_limits or {"concurrency": 8, "rate": 1_000_000, "burst": 10_000}
+    target_limits = target_limits or {"concurrency": 64, "rate": "unlimited"}
+    source_limits = source_limits or {"concurrency": 8, "rate": "unlimited"}
     certs = (
         f"[streams.certificates]\nwriters = {cert_writers}\n"
         if certificates

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import time
 from pathlib import Path
@@ -188,6 +189,7 @@ async def run(
         ledger, runners, setup, time.monotonic() - started, dry_run=dry_run, plan=plan, hosts=[source.client, target.client]
     )
     report["run"]["outcome"] = outcome
+    report["run"]["event_loop"] = type(asyncio.get_running_loop()).__module__.split(".")[0]  # uvloop or asyncio
     ledger.close()
     if scratch:
         scratch.cleanup()

@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
-
+from migrator import aio
 from migrator.demo import demo_plan
 from migrator.plan import load_plan
 from migrator.platforms.civica.simulator import CivicaSimulator
@@ -64,7 +63,7 @@ def run_chaos(
             raise RuntimeError(f"final resume failed: {err.decode()[-2000:]}")
         os.environ.setdefault("DEMO_DAMSTRA_ACCESS_KEY", DAMSTRA_KEY)
         os.environ.setdefault("DEMO_CIVICA_API_KEY", CIVICA_KEY)
-        result = anyio.run(verify, load_plan(plan_file))
+        result = aio.run(verify, load_plan(plan_file))
         duplicate_awards = target.call(lambda sim: sim.duplicate_awards(), civica)
         creates = target.call(lambda sim: dict(sim.set_user_calls), civica)
         award_calls = target.call(lambda sim: sim.award_calls, civica)

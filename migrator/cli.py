@@ -12,6 +12,8 @@ from typing import Any
 import anyio
 import orjson
 
+from migrator import aio
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -48,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             tg.cancel_scope.cancel()
         return report
 
-    report = anyio.run(run_until_signalled)
+    report = aio.run(run_until_signalled)
     resume_hint = f"resume with: migrator run {args.plan} --resume"
     if report is None:
         return _fail(f"stopped at once; requests in flight are reconciled on resume; {resume_hint}", EXIT_INTERRUPTED)
@@ -81,7 +83,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from migrator.verify import verify
 
     plan = load_plan(args.plan)
-    result = anyio.run(verify, plan)
+    result = aio.run(verify, plan)
     _write_report({"verify": result}, args.report)
     print(human_summary({"streams": {}, "totals": _empty_totals(), "fidelity_losses": [], "verify": result}).split("\n", 3)[-1])
     return EXIT_OK if result["ok"] else EXIT_FAILED

@@ -6,8 +6,9 @@ import os
 import sys
 from pathlib import Path
 
-import anyio
 import orjson
+
+from migrator import aio
 
 PLAN = """\
 # A demo plan: Damstra Learning (source) -> Civica Learning (target), both simulated on loopback.
@@ -76,9 +77,9 @@ def demo(*, records: int, report_path: str | None, quiet: bool, workdir: str) ->
         print(f"demo: {records} users, Damstra simulator at {source.url}, Civica simulator at {target.url}")
         print(f"demo: plan written to {plan_file}", flush=True)
         plan = load_plan(plan_file)
-        report = anyio.run(lambda: api.run(plan, progress=TqdmProgress(enabled=not quiet)))
+        report = aio.run(lambda: api.run(plan, progress=TqdmProgress(enabled=not quiet)))
         print("demo: verifying the target against the source ...", flush=True)
-        report["verify"] = anyio.run(verify, plan)
+        report["verify"] = aio.run(verify, plan)
     print(human_summary(report))
     if report_path:
         Path(report_path).write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")

@@ -237,14 +237,16 @@ class StreamRunner:
         async with out, pages:
             async for page in pages:
                 seq = self.tracker.open(page.cursor)
-                self.ledger.add_pending(self.name, dict.fromkeys(sid for sid, _ in page.records))
+                ids = list(dict.fromkeys(sid for sid, _ in page.records))
+                self.ledger.add_pending(self.name, ids)
+                states = self.ledger.states(self.name, ids)
                 for sid, native in page.records:
                     if self.board.halted:
                         return  # the rest of the page stays pending; its cursor never passes them
                     if sid in self.active:
                         continue  # a repeat (overlapping pages) of a record still on its way
-                    # asked now, not once per page: a repeat may have settled a moment ago
-                    state = self.ledger.state(self.name, sid)
+                    # as the ledger knows it now, not when the page arrived: a repeat may have just settled
+                    state = states.get(sid)
                     if state is not None and state.state in SETTLED:
                         continue  # settled earlier, in this run or an earlier one
                     self.active.add(sid)

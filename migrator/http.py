@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote, quote_plus
 
 import aiohttp
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+UNLIMITED = "unlimited"
 
 # Statuses that say "not now" rather than "never": worth another attempt.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -60,9 +61,10 @@ _REDACTED = "***"
 
 
 class HostLimits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """How hard one host may be driven. ``rate=None`` means the limit is unknown: adapt (AIMD)."""
+    """How hard one host may be driven. ``rate=None`` means the limit is unknown: adapt (AIMD);
+    ``rate="unlimited"`` means the host has none: only concurrency bounds it (a 429 switches to adapting)."""
 
-    rate: Positive | None = None  # requests per second; None = adaptive
+    rate: Positive | Literal["unlimited"] | None = None  # requests per second; None = adaptive
     burst: PositiveInt = 10
     concurrency: PositiveInt = 16
     timeout: Positive = 30.0  # seconds per attempt
@@ -76,8 +78,8 @@ class HostLimits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         # Meta constraints only run when decoding a plan; direct construction is checked here too.
-        if self.rate is not None and not self.rate > 0:
-            raise ValueError("rate must be > 0 (or omitted for adaptive)")
+        if self.rate is not None and self.rate != UNLIMITED and not (isinstance(self.rate, float | int) and self.rate > 0):
+            raise ValueError('rate must be > 0, "unlimited", or omitted for adaptive')
         if self.burst < 1 or self.concurrency < 1 or self.max_retries < 0:
             raise ValueError("burst and concurrency must be >= 1 and max_retries >= 0")
         if not self.timeout > 0:
@@ -165,23 +167,30 @@ def _excerpt(body: bytes, redact: Callable[[str], str]) -> str:
     return redact(body[: _EXCERPT_CHARS * 4].decode("utf-8", "replace"))[:_EXCERPT_CHARS]
 
 
-class Response(msgspec.Struct, dict=True):
+class Response:
     """A final answer whose status the caller accepted."""
 
-    status: int
-    headers: dict[str, str]  # lower-cased names
-    body: bytes
-    method: str = ""  # for error messages only
-    path: str = ""  # query values already redacted
+    __slots__ = ("status", "headers", "body", "method", "path", "_client", "_params")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers  # case-insensitive names
+        self.body = body
+        self.method = ""  # for error messages only
+        self.path = ""
+        self._client: HostClient | None = None  # to redact secrets and query values in messages
+        self._params: Mapping[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {len(self.body)} bytes>"
 
     def json(self) -> Any:
         try:
             return orjson.loads(self.body)
         except orjson.JSONDecodeError as exc:
-            # dict=True lets the client attach its redactor without it showing up in repr/eq.
-            redact: Callable[[str], str] = getattr(self, "_redact", _no_redact)
-            show = getattr(self, "_show", None)
-            path = show[0](show[1], show[2]) if show else redact(self.path)
+            client = self._client
+            redact = client._redact if client is not None else _no_redact
+            path = client._show_path(self.path, self._params) if client is not None else self.path
             raise ProtocolError(
                 f"{self.method} {path}: HTTP {self.status} body is not valid JSON ({exc})",
                 status=self.status,
@@ -310,11 +319,18 @@ class HostClient:
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(limits.concurrency)
         self._paused_until = 0.0  # loop.time() before which nothing is sent to this host
-        self._rate: float = limits.rate if limits.rate is not None else limits.adaptive_start
         self._adaptive = limits.rate is None
         self._slow_start = True
-        self._limiter = self._new_limiter(self._rate)
+        self._limiter: AsyncLimiter | None = None  # None: no rate limit (an "unlimited" host)
+        if limits.rate == UNLIMITED:
+            self._rate = self._configured = math.inf
+        else:
+            self._rate = limits.adaptive_start if self._adaptive else float(limits.rate)  # type: ignore[arg-type]
+            self._configured = math.inf if self._adaptive else self._rate
+            self._limiter = self._new_limiter(self._rate)
         self._timeout = aiohttp.ClientTimeout(total=limits.timeout)
+        # a request without its own headers or body type rides on the session's headers as they are
+        self._json_needs_type = not any(k.lower() == "content-type" for k in self._headers)
         self._urls: dict[str, URL] = {}  # path → URL: building a yarl URL per request is not free
         self._ceiling: float | None = None  # adaptive: the rate at which the server last said 429
         self._at_ceiling_since = 0.0
@@ -324,13 +340,13 @@ class HostClient:
         self._window_ok = 0
 
     def __repr__(self) -> str:
-        mode = "adaptive" if self._adaptive else "fixed"
+        mode = "adaptive" if self._adaptive else "unlimited" if self._limiter is None else "fixed"
         return f"<HostClient {self.name} {self.base_url} rate={self._rate:.2f}/s ({mode})>"
 
     @property
     def current_rate(self) -> float | None:
-        """Requests per second the limiter currently allows."""
-        return self._rate
+        """Requests per second the limiter currently allows (None: no limit)."""
+        return None if self._limiter is None else self._rate
 
     @property
     def paused_until(self) -> float:
@@ -340,7 +356,7 @@ class HostClient:
     async def __aenter__(self) -> HostClient:
         connector = aiohttp.TCPConnector(limit=self.limits.concurrency, limit_per_host=0)
         self._session = aiohttp.ClientSession(
-            connector=connector, headers=self._headers, raise_for_status=False
+            connector=connector, headers=self._headers, raise_for_status=False, timeout=self._timeout
         )
         # aiohttp silently resends PUT/DELETE once when a kept-alive connection drops; that would hide
         # a resend of a non-idempotent write and skew the counters. Retries are ours alone.
@@ -420,9 +436,11 @@ class HostClient:
             if len(self._urls) < 256:
                 self._urls[path] = url
         data = orjson.dumps(json) if json is not None else None
-        req_headers = dict(headers or {})
-        if data is not None:
-            req_headers.setdefault("Content-Type", "application/json")
+        req_headers: dict[str, str] | None = None
+        if headers or (data is not None and self._json_needs_type):
+            req_headers = dict(headers or {})
+            if data is not None:
+                req_headers.setdefault("Content-Type", "application/json")
         counters = (self.stats,) if stats is None or stats is self.stats else (self.stats, stats)
         loop = asyncio.get_running_loop()
 
@@ -430,8 +448,11 @@ class HostClient:
         while True:
             attempt += 1
             async with self._slots:
-                waited = await self._gate(loop)
-                started = loop.time()
+                if self._limiter is None and self._paused_until <= (started := loop.time()):
+                    waited = 0.0  # no rate limit and no pause: nothing to wait for
+                else:
+                    waited = await self._gate(loop)
+                    started = loop.time()
                 outcome = await self._send(session, method, url, params, data, req_headers)
             for c in counters:
                 c.wait_seconds += waited
@@ -458,12 +479,14 @@ class HostClient:
                 if status == 429:
                     for c in counters:
                         c.rate_limited += 1
-                retry_after = await self._note_status(loop, status, outcome.headers, started)
+                # a fixed or absent limit that is being kept needs no bookkeeping per answer
+                retry_after = None
+                if self._adaptive or status in PAUSING_STATUSES or self._rate < self._configured:
+                    retry_after = await self._note_status(loop, status, outcome.headers, started)
                 if status in accept:
                     outcome.method, outcome.path = method, path
                     # the message path (query values hidden, secrets redacted) is built only if needed
-                    outcome._show = (self._show_path, path, params)  # type: ignore[attr-defined]
-                    outcome._redact = self._redact  # type: ignore[attr-defined]
+                    outcome._client, outcome._params = self, params
                     return outcome
                 shown = self._show_path(path, params)
                 excerpt = _excerpt(outcome.body, self._redact)
@@ -540,6 +563,8 @@ class HostClient:
                 await asyncio.sleep(pause)
                 continue
             limiter = self._limiter
+            if limiter is None:
+                return loop.time() - start  # no rate limit: only the pause holds requests
             await limiter.acquire()
             if limiter is not self._limiter:
                 continue  # the rate changed while we queued: queue again at the new rate
@@ -554,7 +579,7 @@ class HostClient:
         url: URL,
         params: Mapping[str, Any] | None,
         data: bytes | None,
-        headers: Mapping[str, str],
+        headers: Mapping[str, str] | None,
     ) -> Response | _Transport:
         """One attempt. Transport failures come back as values so the retry policy sits in one place."""
         try:
@@ -564,14 +589,9 @@ class HostClient:
                 params=params,
                 data=data,
                 headers=headers,
-                timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                body = await resp.read()
-                hdrs = {k.lower(): v for k, v in resp.headers.items()}
-                if len(hdrs) < len(resp.headers):  # a repeated header: join its values
-                    hdrs = {k.lower(): ", ".join(resp.headers.getall(k)) for k in resp.headers}
-                return Response(status=resp.status, headers=hdrs, body=body)
+                return Response(resp.status, resp.headers, await resp.read())
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
             # A TLS failure will not fix itself; never retry, never downgrade.
             raise HttpError(
@@ -602,9 +622,17 @@ class HostClient:
                 if now + pause > self._paused_until:
                     self._paused_until = now + pause
                     # the bucket must not refill during the pause and burst the moment it ends
-                    await self._set_rate(self._rate)
+                    if self._limiter is not None:
+                        await self._set_rate(self._rate)
+        if self._limiter is None and status == 429:
+            log.warning("%s: HTTP 429 although the plan says the rate is unlimited; adapting from now on", self.name)
+            self._adaptive, self._configured = True, math.inf
+            await self._set_rate(self.limits.adaptive_start)
+            self._last_cut = now
+            return pause
         if not self._adaptive:
-            await self._follow_fixed_limit(now, status, started)
+            if self._limiter is not None:
+                await self._follow_fixed_limit(now, status, started)
             return pause
         if status == 429:
             # Requests started before the last cut reflect the old rate; a burst of them counts once.
@@ -633,7 +661,7 @@ class HostClient:
     async def _follow_fixed_limit(self, now: float, status: int, started: float) -> None:
         """A configured rate the server keeps refusing is too high: ease off 20% per second of
         429s, then return towards the configured rate (+5% per clean 2 s)."""
-        configured = self.limits.rate or self._rate
+        configured = self._configured
         if status == 429:
             if started >= self._last_cut and now - self._last_cut >= 1.0:
                 await self._set_rate(max(configured * 0.05, self._rate * 0.8))

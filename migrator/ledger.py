@@ -5,6 +5,11 @@ must not send before its intent is durable awaits `durable()`, and every writer 
 intent in the same tick shares one commit. WAL with synchronous=NORMAL survives a killed process
 (only an OS crash could lose the newest commits), which is the failure we design for.
 
+A record's state changes between two commits are kept in memory and applied at the commit, one
+row per record however many times it changed: until a commit nothing is durable anyway, so the
+buffer loses nothing an uncommitted SQLite transaction would not, and it saves a statement per
+change. Readers see the buffer first (`state`, `owner_of`) or have it applied before they read.
+
 The interface is small on purpose, so a PostgreSQL ledger can stand beside this one later.
 """
 
@@ -77,9 +82,32 @@ class Ledger:
         self._dirty = 0
         self._last_commit = time.monotonic()
         self._flush: asyncio.Event | None = None
+        # (stream, source_id) → the columns changed since the last commit; `attempts` is a delta
+        self._changes: dict[tuple[str, str], dict[str, object]] = {}
+        self._targets: dict[tuple[str, str], str] = {}  # (stream, target_id) → source_id, buffered rows
+        self.applied = 0  # how many times the buffer was applied: a snapshot older than that is stale
 
     # ---- commits -------------------------------------------------------------------------
+    def _apply(self) -> None:
+        """Write the buffered record changes into the open transaction (one UPDATE per record)."""
+        if not self._changes:
+            return
+        now = time.time()
+        by_columns: dict[tuple[str, ...], list[tuple[object, ...]]] = {}
+        for (stream, sid), cols in self._changes.items():
+            names = tuple(cols)
+            by_columns.setdefault(names, []).append((*cols.values(), now, stream, sid))
+        for names, rows in by_columns.items():
+            sets = ", ".join("attempts = attempts + ?" if n == "attempts" else f"{n} = ?" for n in names)
+            self.db.executemany(
+                f"UPDATE records SET {sets}, updated = ? WHERE stream = ? AND source_id = ?", rows
+            )
+        self._changes.clear()
+        self._targets.clear()
+        self.applied += 1
+
     def commit(self) -> None:
+        self._apply()
         self.db.commit()
         self._dirty = 0
         self._last_commit = time.monotonic()
@@ -128,6 +156,7 @@ class Ledger:
         self.commit()
 
     def has_records(self) -> bool:
+        self._apply()
         return self.db.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None
 
     # ---- cursors -------------------------------------------------------------------------
@@ -151,18 +180,51 @@ class Ledger:
 
     # ---- records -------------------------------------------------------------------------
     def state(self, stream: str, source_id: str) -> RecordState | None:
+        change = self._changes.get((stream, source_id))
+        if change is not None and "state" in change and "target_id" in change and "token" in change:
+            return RecordState(change["state"], change["target_id"], change["token"])  # type: ignore[arg-type]
         row = self.db.execute(
             "SELECT state, target_id, token FROM records WHERE stream = ? AND source_id = ?", (stream, source_id)
         ).fetchone()
-        return RecordState(*row) if row else None
+        return self._overlay(change, row)
+
+    @staticmethod
+    def _overlay(change: dict[str, object] | None, row: tuple[str, str | None, str | None] | None) -> RecordState | None:
+        if change is None:
+            return RecordState(*row) if row else None
+        state, target_id, token = row or (PENDING, None, None)
+        return RecordState(
+            change.get("state", state),  # type: ignore[arg-type]
+            change.get("target_id", target_id),  # type: ignore[arg-type]
+            change.get("token", token),  # type: ignore[arg-type]
+        )
+
+    def states(self, stream: str, source_ids: list[str]) -> StateSnapshot:
+        """The states of one page's records in one query; see :class:`StateSnapshot`."""
+        rows: dict[str, tuple[str, str | None, str | None]] = {}
+        for start in range(0, len(source_ids), 500):
+            chunk = source_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for sid, *row in self.db.execute(
+                f"SELECT source_id, state, target_id, token FROM records WHERE stream = ? AND source_id IN ({marks})",
+                (stream, *chunk),
+            ):
+                rows[sid] = tuple(row)  # type: ignore[assignment]
+        return StateSnapshot(self, stream, rows)
 
     def owner_of(self, stream: str, target_id: str, other_than: str) -> str | None:
         """The source record already written to this target key, if another one was."""
-        row = self.db.execute(
-            "SELECT source_id FROM records WHERE stream = ? AND target_id = ? AND source_id != ? LIMIT 1",
+        buffered = self._targets.get((stream, target_id))
+        if buffered is not None and buffered != other_than:
+            return buffered
+        for (sid,) in self.db.execute(
+            "SELECT source_id FROM records WHERE stream = ? AND target_id = ? AND source_id != ?",
             (stream, target_id, other_than),
-        ).fetchone()
-        return row[0] if row else None
+        ):
+            change = self._changes.get((stream, sid))
+            if change is None or change.get("target_id", target_id) == target_id:
+                return sid
+        return None
 
     def add_pending(self, stream: str, source_ids: Iterable[str]) -> None:
         now = time.time()
@@ -172,41 +234,38 @@ class Ledger:
         )
         self._touch(len(rows))
 
-    def _set(self, stream: str, source_id: str, state: str, **cols: object) -> None:
-        names = ", ".join(f"{k} = ?" for k in cols)
-        extra = f", {names}" if names else ""
-        self.db.execute(
-            f"UPDATE records SET state = ?, updated = ?{extra} WHERE stream = ? AND source_id = ?",
-            (state, time.time(), *cols.values(), stream, source_id),
-        )
+    def _set(self, stream: str, source_id: str, **cols: object) -> None:
+        key = (stream, source_id)
+        change = self._changes.get(key)
+        if change is None:
+            self._changes[key] = cols
+        else:
+            change.update(cols)
+        target_id = cols.get("target_id")
+        if target_id is not None:
+            self._targets[(stream, target_id)] = source_id  # type: ignore[index]
         self._touch()
 
     def mark_in_flight(self, stream: str, source_id: str) -> None:
-        self.db.execute(
-            "UPDATE records SET state = ?, attempts = attempts + 1, updated = ? WHERE stream = ? AND source_id = ?",
-            (IN_FLIGHT, time.time(), stream, source_id),
-        )
-        self._touch()
+        change = self._changes.get((stream, source_id))
+        attempts = 1 + (change.get("attempts", 0) if change else 0)  # type: ignore[operator]
+        self._set(stream, source_id, state=IN_FLIGHT, attempts=attempts)
 
     def save_token(self, stream: str, source_id: str, token: str | None) -> None:
-        self.db.execute(
-            "UPDATE records SET token = ?, updated = ? WHERE stream = ? AND source_id = ?",
-            (token, time.time(), stream, source_id),
-        )
-        self._touch()
+        self._set(stream, source_id, token=token)
 
     def mark_written(self, stream: str, source_id: str, target_id: str) -> None:
-        self._set(stream, source_id, WRITTEN, target_id=target_id, token=None, reason=None)
+        self._set(stream, source_id, state=WRITTEN, target_id=target_id, token=None, reason=None)
 
     def mark_skipped(self, stream: str, source_id: str, reason: str) -> None:
-        self._set(stream, source_id, SKIPPED, reason=reason)
+        self._set(stream, source_id, state=SKIPPED, reason=reason)
 
     def mark_dead(
         self, stream: str, source_id: str, error_class: str, message: str, status: int | None, payload: object
     ) -> None:
         message = self.redact(message)
         text = None if payload is None else self.redact(orjson.dumps(payload, default=str).decode())
-        self._set(stream, source_id, DEAD, reason=f"{error_class}: {message}", token=None)
+        self._set(stream, source_id, state=DEAD, reason=f"{error_class}: {message}", token=None)
         self.db.execute(
             "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
             (stream, source_id, error_class, message, status, text, time.time()),
@@ -220,17 +279,19 @@ class Ledger:
     def reopen_dead(self, stream: str, source_id: str, state: str = PENDING) -> None:
         """A dead letter is being re-driven: it becomes pending (or in flight, when its outcome was
         unknown and must be looked up first) and leaves the dead-letter store."""
-        self._set(stream, source_id, state, reason=None)
+        self._set(stream, source_id, state=state, reason=None)
         self.db.execute("DELETE FROM dead_letters WHERE stream = ? AND source_id = ?", (stream, source_id))
 
     # ---- reading back --------------------------------------------------------------------
     def counts(self) -> dict[str, dict[str, int]]:
+        self._apply()
         out: dict[str, dict[str, int]] = {}
         for stream, state, n in self.db.execute("SELECT stream, state, count(*) FROM records GROUP BY stream, state"):
             out.setdefault(stream, {})[state] = n
         return out
 
     def dead_letters(self, stream: str | None = None) -> Iterator[DeadLetter]:
+        self._apply()
         sql = "SELECT stream, source_id, error_class, message, status, payload FROM dead_letters"
         args: tuple[str, ...] = ()
         if stream:
@@ -241,3 +302,22 @@ class Ledger:
 
     def stream_totals(self) -> dict[str, int | None]:
         return {s: t for s, t in self.db.execute("SELECT stream, total FROM cursors")}
+
+
+class StateSnapshot:
+    """One page's record states read in one query, answering as the ledger would now.
+
+    Exact while the ledger has not applied its buffer since the snapshot was taken (every change
+    made since is still in the buffer, which is consulted first); after that it asks the ledger.
+    """
+
+    __slots__ = ("_ledger", "_stream", "_rows", "_applied")
+
+    def __init__(self, ledger: Ledger, stream: str, rows: dict[str, tuple[str, str | None, str | None]]):
+        self._ledger, self._stream, self._rows, self._applied = ledger, stream, rows, ledger.applied
+
+    def get(self, source_id: str) -> RecordState | None:
+        ledger = self._ledger
+        if ledger.applied != self._applied:
+            return ledger.state(self._stream, source_id)
+        return ledger._overlay(ledger._changes.get((self._stream, source_id)), self._rows.get(source_id))

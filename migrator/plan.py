@@ -123,6 +123,8 @@ def _explain(err: msgspec.ValidationError, prefix: list[str] | None = None) -> s
     if m2 := re.match(r"Object missing required field `(.+)`", text):
         key = ".".join([*parts, m2.group(1)])
         return f"missing key `{key}`: add it to the plan"
+    if where.endswith("limits.rate"):
+        return f'`{where}`: {text}; give requests per second (a number > 0), "unlimited", or leave it out to adapt'
     if where.endswith("platform") or "Invalid value" in text and "platform" in where:
         return f"`{where}`: {text}; known sources: {', '.join(SOURCE_PLATFORMS)}; targets: {', '.join(TARGET_PLATFORMS)}"
     return f"`{where or 'plan'}`: {text}"

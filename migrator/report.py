@@ -74,12 +74,11 @@ def _estimate(report: dict[str, Any], plan: Any) -> dict[str, Any]:
         "source_requests": reads,
         "target_requests": writes,
     }
-    if target_rate:
-        est["target_seconds_at_limit"] = round(writes / target_rate, 1)
-    if source_rate:
-        est["source_seconds_at_limit"] = round(reads / source_rate, 1)
-    if not (target_rate and source_rate):
-        est["note"] = "a host without a configured rate adapts to the server; time depends on what it allows"
+    for side, rate, requests in (("target", target_rate, writes), ("source", source_rate, reads)):
+        if isinstance(rate, float | int):
+            est[f"{side}_seconds_at_limit"] = round(requests / rate, 1)
+    if not (isinstance(target_rate, float | int) and isinstance(source_rate, float | int)):
+        est["note"] = "a host without a fixed rate (adaptive or unlimited) runs as fast as the server allows"
     return est
 
 

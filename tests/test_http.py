@@ -393,6 +393,38 @@ async def test_adaptive_rate_converges_below_an_unknown_limit(server: ScriptedSe
     assert http.stats.rate_limited > 0  # it did have to find the limit
 
 
+async def test_unlimited_host_is_bounded_only_by_concurrency(server: ScriptedServer) -> None:
+    in_flight, most = 0, 0
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.02)
+        in_flight -= 1
+        return web.json_response({"ok": True})
+
+    server.script("/open", slow)
+    # burst 1 would hold a limited host to one request per 1/rate s; an unlimited one has no bucket
+    async with client(server, rate="unlimited", burst=1, concurrency=8) as http:
+        started = time.monotonic()
+        await asyncio.gather(*(http.request("GET", "/open") for _ in range(80)))
+        elapsed = time.monotonic() - started
+    assert most == 8  # the concurrency cap still holds
+    assert elapsed < 80 * 0.02 / 4  # ten waves of 8, not eighty requests one after another
+    assert http.current_rate is None and http.stats.wait_seconds == 0
+
+
+async def test_unlimited_host_that_answers_429_starts_adapting(server: ScriptedServer) -> None:
+    server.script("/busy", reply(200), reply(429), reply(429), reply(200))
+    async with client(server, rate="unlimited", adaptive_start=5.0) as http:
+        for _ in range(3):
+            await http.request("GET", "/busy")
+    assert server.count("/busy") == 5  # the two 429s were retried, not failed
+    assert http.current_rate is not None and http.current_rate <= 5.0  # a limit is now kept
+    assert http.stats.rate_limited == 2
+
+
 async def test_rate_is_shared_by_all_streams(server: ScriptedServer) -> None:
     reads, writes = RequestStats(), RequestStats()
     async with client(server, rate=10.0, burst=2) as http:
@@ -497,5 +529,7 @@ async def test_no_tasks_outlive_the_client(server: ScriptedServer) -> None:
 def test_limits_are_validated() -> None:
     with pytest.raises(ValueError):
         HostLimits(rate=0)
+    with pytest.raises(ValueError):
+        HostLimits(rate="unbounded")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         HostLimits(adaptive_min=50, adaptive_start=20)

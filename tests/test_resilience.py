@@ -98,7 +98,7 @@ api_key = "${TEST_CIVICA_KEY}"
         (lambda t: t.replace("https://app.velpic.com", "http://app.velpic.com"), "source.base_url"),
         (lambda t: t.replace('platform = "civica"', 'platform = "moodle"'), "target.platform"),
         (lambda t: t.replace('scope = "x.learning-admin.com"\n', ""), "target.scope"),
-        (lambda t: t + "\n[target.limits]\nrate = 'fast'\n", "target.limits.rate"),
+        (lambda t: t + "\n[target.limits]\nrate = 'fast'\n", '"unlimited", or leave it out'),
         (lambda t: t + "\n[mapping]\ncertifications = 3\n", "mapping"),
     ],
 )
@@ -177,3 +177,17 @@ def test_sim_command_serves_on_loopback(platform: str) -> None:
 def test_sim_command_rejects_a_bad_fault_spec() -> None:
     done = run_cli("sim", "civica", "--port", "1", "--faults", "explode=0.5")
     assert done.returncode == 2 and "explode" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("sims", [{"damstra": {"records": 50}}], indirect=True)
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_the_cli_runs_on_either_event_loop(sims: Sims, tmp_path: Path, loop: str) -> None:
+    # uvloop is the default where installed; MIGRATOR_LOOP=asyncio is the escape hatch
+    plan = write_plan(tmp_path, sims)
+    report_path = tmp_path / "report.json"
+    env = cli_env() | ({"MIGRATOR_LOOP": "asyncio"} if loop == "asyncio" else {})
+    done = run_cli("run", str(plan), "--quiet", "--report", str(report_path), env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(report_path.read_text())
+    assert report["run"]["event_loop"] == loop
+    assert report["streams"]["users"]["written"] + report["streams"]["users"]["dead_lettered"] == 50
