@@ -74,6 +74,8 @@ class Sizes:
     sweep: tuple[int, ...]
     sweep_users: int
     profile_users: int  # 0: no profile
+    rounds: int  # throughput and ledger on/off: runs per contestant, best kept
+    ledger_users: int
 
 
 QUICK = Sizes(
@@ -97,6 +99,8 @@ QUICK = Sizes(
     sweep=(1, 8, 64),
     sweep_users=600,
     profile_users=0,
+    rounds=1,
+    ledger_users=3_000,
 )
 
 FULL = Sizes(
@@ -111,15 +115,17 @@ FULL = Sizes(
     told_rate=250,
     told_seconds=20,
     adaptive_rate=250,
-    adaptive_seconds=60,
+    adaptive_seconds=40,
     lat_limit_rate=120,
     lat_limit_concurrency=16,
     lat_limit_seconds=15,
-    rss_users=200_000,
+    rss_users=1_000_000,
     kill_users=4_000,
-    sweep=(1, 4, 16, 64),
+    sweep=(1, 8, 64),
     sweep_users=2_000,
-    profile_users=10_000,
+    profile_users=6_000,
+    rounds=2,
+    ledger_users=30_000,
 )
 
 
@@ -220,8 +226,9 @@ class Bench:
         workers: int = 1,
         connections: int = CONNECTIONS,
         timeout: float = 600,
+        loop: str = "asyncio",
     ) -> dict[str, Any]:
-        out = self.work / tag / f"{kind}-{workers}.json"
+        out = self.work / tag / f"{kind}-{workers}-{loop}.json"
         cmd = [
             sys.executable,
             str(BENCH_DIR / "contestants.py"),
@@ -244,6 +251,7 @@ class Bench:
             str(POLL_INITIAL),
             "--poll-max",
             str(POLL_MAX),
+            *(["--loop", loop] if loop != "asyncio" else []),
             "--out",
             str(out),
         ]
@@ -291,25 +299,26 @@ class Bench:
         s, tag = self.sizes, "throughput"
         n = s.users
         rows: dict[str, dict[str, Any]] = {}
-        self.log(f"throughput: raw aiohttp ceiling, {n:,} users")
+        raws: list[dict[str, Any]] = []
+        migs: list[dict[str, Any]] = []
+        # raw and migrator take turns, and each keeps its best run: a neighbour's burst on this
+        # shared machine then costs either side a run, not the comparison
+        for round_ in range(1, s.rounds + 1):
+            self.log(f"throughput: raw aiohttp ceiling, {n:,} users (round {round_}/{s.rounds})")
+            with self.sims(tag, n) as (d, c):
+                raws.append(self.contestant(tag, "raw", d, c, n, workers=WRITERS))
+            self.log(f"throughput: migrator, {n:,} users (round {round_}/{s.rounds})")
+            with self.sims(tag, n) as (d, c):
+                m = self.migrator(tag, d, c, self.plan(tag, d, c))
+                migs.append(self.users_rate(m, n))
+                # the smaller of the runs' peaks: the growth ratio to 1M is then never flattered
+                self.notes["rss_small"] = (n, min(self.notes.get("rss_small", (n, m.rss_mb))[1], m.rss_mb))
+        self.log(f"throughput: raw aiohttp on uvloop (migrator's event loop), {n:,} users")
         with self.sims(tag, n) as (d, c):
-            rows["raw aiohttp (ceiling)"] = self.contestant(tag, "raw", d, c, n, workers=WRITERS)
-        self.log(f"throughput: migrator, {n:,} users")
-        with self.sims(tag, n) as (d, c):
-            m = self.migrator(tag, d, c, self.plan(tag, d, c))
-            rows["migrator"] = self.users_rate(m, n)
-            self.notes["rss_small"] = (n, m.rss_mb)
-        self.log(f"throughput: migrator --no-ledger, {n:,} users")
-        with self.sims(tag, n) as (d, c):
-            m = self.migrator(
-                tag,
-                d,
-                c,
-                self.plan(tag, d, c, ledger="ledger-off.sqlite"),
-                extra=["--no-ledger"],
-                run_tag="noledger",
-            )
-            rows["migrator --no-ledger"] = self.users_rate(m, n)
+            raw_uv = self.contestant(tag, "raw", d, c, n, workers=WRITERS, loop="uvloop")
+        rows["raw aiohttp (ceiling)"] = best(raws)
+        rows["raw aiohttp on uvloop"] = raw_uv
+        rows["migrator"] = best(migs)
         for workers, label in (
             (1, "dlt (defaults: one load job)"),
             (WRITERS, f"dlt ({WRITERS} parallel load jobs)"),
@@ -322,27 +331,39 @@ class Bench:
             rows["naive (one request at a time)"] = self.contestant(
                 tag, "naive", d, c, n, seconds=s.naive_seconds
             )
-        self.tables[tag] = self._ratio_rows(rows, "migrator")
+        # the ceiling is the faster raw run on either loop, so migrator's loop cannot flatter it
+        ceiling = max(rows["raw aiohttp (ceiling)"], raw_uv, key=lambda r: r["users_per_second"])
+        self.notes["ceiling"] = "raw aiohttp on uvloop" if ceiling is raw_uv else "raw aiohttp (ceiling)"
+        self.tables[tag] = self._ratio_rows(rows, "migrator", ceiling["users_per_second"])
         mig = rows["migrator"]["users_per_second"]
-        raw = rows["raw aiohttp (ceiling)"]["users_per_second"]
+        raw = ceiling["users_per_second"]
         dlt = max(
             rows["dlt (defaults: one load job)"]["users_per_second"],
             rows[f"dlt ({WRITERS} parallel load jobs)"]["users_per_second"],
         )
         naive = rows["naive (one request at a time)"]["users_per_second"]
         scen = f"no rate limit, {n:,} users, per-record writes"
-        self.goal(scen, "users/s vs raw ceiling", mig / raw, "≥ 0.85", mig / raw >= 0.85, "{:.2f}")
+        self.goal(scen, "users/s vs raw ceiling (best of either loop)", mig / raw, "≥ 0.85", mig / raw >= 0.85, "{:.2f}")
         self.goal(scen, "users/s vs dlt (its better config)", mig / dlt, "≥ 6×", mig / dlt >= 6, "{:.1f}×")
         self.goal(scen, "users/s vs naive", mig / naive, "≥ 6×", mig / naive >= 6, "{:.1f}×")
-        off = rows["migrator --no-ledger"]["users_per_second"]
-        self.goal(
-            f"ledger on vs off, {n:,} users",
-            "throughput ratio",
-            mig / off,
-            "≥ 0.90",
-            mig / off >= 0.90,
-            "{:.2f}",
-        )
+        self.ledger_on_off()
+
+    def ledger_on_off(self) -> None:
+        s, tag = self.sizes, "ledger"
+        n = s.ledger_users
+        runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+        for round_ in range(1, s.rounds + 1):
+            for mode in ("on", "off"):
+                self.log(f"ledger {mode}: migrator, {n:,} users (round {round_}/{s.rounds})")
+                with self.sims(tag, n) as (d, c):
+                    plan = self.plan(tag, d, c, ledger=f"ledger-{mode}.sqlite")
+                    extra = ["--no-ledger"] if mode == "off" else None
+                    m = self.migrator(tag, d, c, plan, extra=extra, run_tag=f"ledger-{mode}")
+                    runs[mode].append(self.users_rate(m, n))
+        on, off = best(runs["on"]), best(runs["off"])
+        self.tables[tag] = [{"contestant": "migrator", **on}, {"contestant": "migrator --no-ledger", **off}]
+        ratio = on["users_per_second"] / off["users_per_second"]
+        self.goal(f"ledger on vs off, {n:,} users", "throughput ratio", ratio, "≥ 0.90", ratio >= 0.90, "{:.2f}")
 
     def latency(self) -> None:
         s, tag = self.sizes, "latency50"
@@ -538,7 +559,7 @@ class Bench:
         n = s.rss_users
         self.log(f"RSS: migrator, {n:,} users")
         with self.sims(tag, n) as (d, c):
-            m = self.migrator(tag, d, c, self.plan(tag, d, c), timeout=900)
+            m = self.migrator(tag, d, c, self.plan(tag, d, c), timeout=1200)
             big = self.users_rate(m, n)
         ratio = m.rss_mb / rss_small
         self.tables["rss"] = [
@@ -551,7 +572,7 @@ class Bench:
             },
         ]
         self.notes["rss_big_rate"] = big["users_per_second"]
-        scen = f"{n_small:,} → {n:,} users (1M does not fit the time budget)"
+        scen = f"{n_small:,} → {n:,} users"
         self.goal(scen, "peak RSS ratio", ratio, "≤ 1.2", ratio <= 1.2, "{:.3f}")
         self.goal(scen, f"peak RSS at {n:,}", m.rss_mb, "≤ 150 MB", m.rss_mb <= 150, "{:.1f} MB")
 
@@ -682,9 +703,11 @@ class Bench:
     # ---- helpers ------------------------------------------------------------------------------
 
     @staticmethod
-    def _ratio_rows(rows: dict[str, dict[str, Any]], ref: str) -> list[dict[str, Any]]:
+    def _ratio_rows(
+        rows: dict[str, dict[str, Any]], ref: str, ceiling: float | None = None
+    ) -> list[dict[str, Any]]:
         base = rows[ref]["users_per_second"]
-        raw = rows.get("raw aiohttp (ceiling)", {}).get("users_per_second")
+        raw = ceiling or rows.get("raw aiohttp (ceiling)", {}).get("users_per_second")
         out = []
         for name, r in rows.items():
             rate = r["users_per_second"]
@@ -701,6 +724,12 @@ class Bench:
 
 # ---------------------------------------------------------------------------------------------
 # output
+
+
+def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest of a contestant's runs, with every run's users/s kept for the table."""
+    top = max(runs, key=lambda r: r["users_per_second"])
+    return {**top, "runs": [r["users_per_second"] for r in runs]}
 
 
 def fmt(v: Any, nd: int = 1) -> str:
@@ -757,14 +786,15 @@ def render(b: Bench, wall: float, cmdline: str, stamp: str) -> str:
                 "",
                 intro,
                 "",
-                "| contestant | users | seconds | users/s | migrator ÷ this | raw ceiling ÷ this | CPU s | peak RSS MB | requests |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "| contestant | users | seconds | users/s | every run's users/s | migrator ÷ this | raw ceiling ÷ this | CPU s | peak RSS MB | requests |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
         )
         for r in b.tables.get(key, []):
+            every = " / ".join(fmt(v, 0) for v in r.get("runs", [])) or "–"
             L.append(
-                f"| {r['contestant']} | {fmt(r['users'])} | {fmt(r['seconds'])} | {fmt(r['users_per_second'])} | "
-                f"{fmt(r['migrator ÷ this'], 2)} | {fmt(r['raw ÷ this'], 2)} | {fmt(r['cpu'])} | {fmt(r['rss_mb'])} | "
+                f"| {r['contestant']} | {fmt(r['users'])} | {fmt(r['seconds'])} | {fmt(r['users_per_second'])} | {every} | "
+                f"{fmt(r.get('migrator ÷ this'), 2)} | {fmt(r.get('raw ÷ this'), 2)} | {fmt(r['cpu'])} | {fmt(r['rss_mb'])} | "
                 f"{fmt(r['requests'])} |"
             )
         L.append("")
@@ -775,7 +805,16 @@ def render(b: Bench, wall: float, cmdline: str, stamp: str) -> str:
         "users/s = users moved ÷ seconds from the start of the work (after imports) to the last user; "
         "for migrator the run report's `totals.seconds`. dlt moves a fixed sample (it cannot stop on a clock) "
         "and its time includes its extract and normalize steps; the naive script runs for a fixed time. "
-        "`CPU s` and `peak RSS` are the contestant's process only (wait4).",
+        "`CPU s` and `peak RSS` are the contestant's process only (wait4). "
+        f"Raw and migrator ran {s.rounds} time(s) each, taking turns; a row shows the best run, the column "
+        "beside it every run. The raw script also ran once on uvloop, the event loop migrator uses: "
+        f"the ceiling is the faster of the two raw rows (here: {b.notes.get('ceiling', 'raw aiohttp (ceiling)')}).",
+    )
+    contestant_table(
+        "Ledger on vs off",
+        "ledger",
+        "The same migrator and plan with the SQLite ledger and with `--no-ledger` (an in-memory ledger, for "
+        f"benchmarking only), {s.rounds} run(s) each, taking turns; best run shown.",
     )
     contestant_table(
         "50 ms injected latency per request (both simulators), no limit",
@@ -810,15 +849,12 @@ def render(b: Bench, wall: float, cmdline: str, stamp: str) -> str:
     L += ["## Peak RSS vs records", "", "| users | peak RSS MB | users/s |", "|---:|---:|---:|"]
     for r in b.tables.get("rss", []):
         L.append(f"| {fmt(r['users'])} | {fmt(r['peak RSS MB'])} | {fmt(r['users/s'])} |")
-    if "rss_big_rate" in b.notes:
-        rate = b.notes["rss_big_rate"]
-        L += [
-            "",
-            f"1,000,000 users at the measured {rate:,.0f} users/s would take {1_000_000 / rate / 60:.0f} min on its own, "
-            "more than the whole 15-minute budget, so the large point is the largest that fits; the growth between "
-            "the two points is the figure to watch.",
-        ]
-    L.append("")
+    L += [
+        "",
+        "The small point is the throughput runs' (the lower of their peaks); the large one a run of its own. "
+        "Peak RSS is the process's high-water mark (wait4), so a short spike would count.",
+        "",
+    ]
     L += ["## Kill at a random point, then resume", ""]
     for r in b.tables.get("kill-resume", []):
         L += [

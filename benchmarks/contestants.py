@@ -10,6 +10,8 @@ user a SetUser deactivate polled the same way.
 
 - raw:   asyncio + aiohttp, `--workers` users in flight, `--connections` pooled connections to
          Civica. No mapping layer, no ledger, no limiter, no retries: the ceiling of this machine.
+         `--loop uvloop` runs it on the event loop migrator uses, so the ceiling is not lower
+         merely because of the loop.
 - naive: `requests`, one request at a time, as one-off migration scripts are written.
 - dlt:   dlt's `rest_api` source (offset paginator) into a `@dlt.destination` sink that sends the
          same requests with `requests`. With `--workers` > 1 the load step runs that many jobs at
@@ -51,6 +53,7 @@ class Options(argparse.Namespace):
     poll_initial: float
     poll_max: float
     batch_size: int
+    loop: str
     out: str
 
 
@@ -275,6 +278,10 @@ async def _raw(o: Options) -> dict[str, Any]:
 def run_raw(o: Options) -> dict[str, Any]:
     import asyncio
 
+    if o.loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(_raw(o))
     return asyncio.run(_raw(o))
 
 
@@ -395,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll-initial", type=float, default=0.0)
     ap.add_argument("--poll-max", type=float, default=0.5)
     ap.add_argument("--batch-size", type=int, default=10, help="dlt: items per sink call")
+    ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio", help="raw: the event loop")
     ap.add_argument("--out", required=True)
     o = ap.parse_args(argv, namespace=Options())
     run = {"raw": run_raw, "naive": run_naive, "dlt": run_dlt}[o.contestant]

@@ -254,6 +254,8 @@ class HostClient:
 
     1. **Concurrency** -- a semaphore of ``limits.concurrency`` slots (the connection pool has the
        same size, so a slot always has a connection). Slots are released during backoff sleeps.
+       A host with ``rate="unlimited"`` (and no pause in force) skips the semaphore and the two
+       gates below: the pool's ``concurrency`` connections are then the cap.
     2. **Host pause** -- ``paused_until`` is set from a 429/503 ``Retry-After`` (delta-seconds or
        HTTP-date, capped at ``retry_after_max``). It applies to the whole host: every attempt
        waits it out, and one that was already queued re-checks it after the limiter lets it go.
@@ -447,13 +449,16 @@ class HostClient:
         attempt = throttled = 0
         while True:
             attempt += 1
-            async with self._slots:
-                if self._limiter is None and self._paused_until <= (started := loop.time()):
-                    waited = 0.0  # no rate limit and no pause: nothing to wait for
-                else:
+            if self._limiter is None and self._paused_until <= (started := loop.time()):
+                # no rate limit and no pause: nothing to queue for but a connection, and the pool
+                # holds `concurrency` of them, so the pool alone keeps the cap
+                waited = 0.0
+                outcome = await self._send(session, method, url, params, data, req_headers)
+            else:
+                async with self._slots:
                     waited = await self._gate(loop)
                     started = loop.time()
-                outcome = await self._send(session, method, url, params, data, req_headers)
+                    outcome = await self._send(session, method, url, params, data, req_headers)
             for c in counters:
                 c.wait_seconds += waited
                 c.requests += 1
