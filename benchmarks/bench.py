@@ -108,7 +108,7 @@ FULL = Sizes(
     users=100_000,
     dlt_users=2_000,
     naive_seconds=8,
-    lat_users=6_000,
+    lat_users=5_000,
     lat_dlt_users=1_500,
     lat_dlt_default_users=60,
     lat_naive_seconds=8,
@@ -125,7 +125,7 @@ FULL = Sizes(
     sweep_users=2_000,
     profile_users=6_000,
     rounds=2,
-    ledger_users=30_000,
+    ledger_users=20_000,
 )
 
 
