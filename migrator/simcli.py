@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 import anyio
@@ -38,8 +39,18 @@ def serve_simulator(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         print(f"{args.platform} simulator listening on {url} (Ctrl-C to stop)", flush=True)
 
+    async def serve_until_signalled() -> None:
+        # Explicit handlers: a process started in the background by a shell ignores SIGINT, and
+        # Python then never turns it into KeyboardInterrupt; SIGTERM is what supervisors send.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: serve(sim, port=args.port, on_ready=ready))
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
     try:
-        anyio.run(lambda: serve(sim, port=args.port, on_ready=ready))
+        anyio.run(serve_until_signalled)
     except KeyboardInterrupt:
         pass
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -148,8 +149,8 @@ def test_secrets_appear_nowhere(sims: Sims, tmp_path: Path) -> None:
     assert (ledger.stat().st_mode & 0o077) == 0  # owner-only ledger
 
 
-@pytest.mark.parametrize("platform", ["damstra", "civica"])
-def test_sim_command_serves_on_loopback(platform: str) -> None:
+@pytest.mark.parametrize(("platform", "stop"), [("damstra", signal.SIGINT), ("civica", signal.SIGTERM)])
+def test_sim_command_serves_on_loopback_and_stops_on_a_signal(platform: str, stop: signal.Signals) -> None:
     import socket
     import urllib.request
 
@@ -160,6 +161,8 @@ def test_sim_command_serves_on_loopback(platform: str) -> None:
         [sys.executable, "-m", "migrator.cli", "sim", platform, "--port", str(port), "--records", "50",
          "--faults", "latency=1ms", "--retry-after", "date"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+        # as a shell starts a background job: SIGINT ignored, so only an explicit handler can stop it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         line = proc.stdout.readline()
@@ -169,9 +172,12 @@ def test_sim_command_serves_on_loopback(platform: str) -> None:
         assert "requests" in stats
         if platform == "civica":
             assert stats["award_calls"] == 0 and stats["set_user_calls"] == {}
+        proc.send_signal(stop)
+        assert proc.wait(timeout=5) == 0
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def test_sim_command_rejects_a_bad_fault_spec() -> None:

@@ -30,7 +30,8 @@ def _check_host(host: str) -> str:
 
 
 async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # a test double needs no long goodbye: open keep-alive connections get half a second
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, _check_host(host), port)
     await site.start()
