@@ -194,6 +194,10 @@ class Ledger:
         ).fetchone()
         return self._overlay(change, row)
 
+    def _state_over(self, stream: str, source_id: str, row: tuple[str, str | None, str | None] | None) -> RecordState | None:
+        """The state of a record whose stored row was read earlier, with the buffered changes on top."""
+        return self._overlay(self._changes.get((stream, source_id)), row)
+
     @staticmethod
     def _overlay(change: dict[str, object] | None, row: tuple[str, str | None, str | None] | None) -> RecordState | None:
         if change is None:
@@ -326,4 +330,4 @@ class StateSnapshot:
         ledger = self._ledger
         if ledger.applied != self._applied:
             return ledger.state(self._stream, source_id)
-        return ledger._overlay(ledger._changes.get((self._stream, source_id)), self._rows.get(source_id))
+        return ledger._state_over(self._stream, source_id, self._rows.get(source_id))
