@@ -5,7 +5,7 @@ Sources and targets implement these small interfaces; the engine knows nothing e
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
@@ -69,6 +69,10 @@ class SourceStream:
     def decode(self, native: Any) -> Any:
         """Native record → canonical Struct; raise RecordError for a malformed record."""
         raise NotImplementedError
+
+    def losses(self, native: Any) -> Sequence[Loss]:
+        """Fields of this native record the canonical model does not carry (reported, never silent)."""
+        return ()
 
 
 class TargetStream:

@@ -12,14 +12,14 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import anyio
 import msgspec
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from migrator.connectors import Dep, Encoded, Mapped, Page, SourceStream, TargetStream, WriteItem
+from migrator.connectors import Dep, Encoded, Loss, Mapped, Page, SourceStream, TargetStream, WriteItem
 from migrator.http import AuthError, HttpError, RequestStats
 from migrator.ledger import DEAD, IN_FLIGHT, SETTLED, SKIPPED, WRITTEN, Ledger, RecordState
 from migrator.model import RecordError, Skip
@@ -149,6 +149,7 @@ class Item(msgspec.Struct):
     mapped: Mapped
     prior: RecordState | None
     native: Any
+    dropped: Sequence[Loss] = ()  # source fields the canonical model does not carry
 
 
 class StreamStats:
@@ -263,6 +264,7 @@ class StreamRunner:
                 self.tracker.add(seq)
                 try:
                     mapped = self.mapper(self.name, self.source.decode(native))
+                    dropped = self.source.losses(native)
                     key = self.target.natural_key(mapped.record)
                     if key is not None:
                         self._claim(key, sid)  # in read order: the first record read keeps the key
@@ -277,7 +279,7 @@ class StreamRunner:
                 except BaseException:
                     self._release(sid)
                     raise
-                await out.put(Item(seq, sid, mapped, state, native))
+                await out.put(Item(seq, sid, mapped, state, native, dropped))
             self.tracker.close(seq)
 
     def _settle(self, seq: int, sid: str) -> None:
@@ -302,7 +304,7 @@ class StreamRunner:
             parents = await self.board.resolve(item.mapped.deps)
             encoded = self.target.encode(item.mapped.record, parents)
             self._claim(encoded.key, sid)
-            for loss in encoded.losses:
+            for loss in (*item.dropped, *encoded.losses) if item.dropped else encoded.losses:
                 key = (loss.field, loss.reason)
                 self.stats.losses[key] = self.stats.losses.get(key, 0) + 1
             if self.dry_keys is not None:

@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 import msgspec
@@ -32,6 +32,12 @@ class PlanError(Exception):
 class StreamPlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True
     writers: int = 16  # records written concurrently for this stream (HTTP is capped per host)
+    # a record that already existed in the target before this migration: dead-letter it as a
+    # `conflict` (the default: never overwrite someone else's data), update it, or skip it
+    existing: Literal["conflict", "update", "skip"] = "conflict"
+    # the first N writes all failing alike is a mistake in the plan, not N bad records: stop the
+    # stream (the rest stays pending for --resume); 0 never stops
+    stop_after_same_failure: Annotated[int, msgspec.Meta(ge=0)] = 20
 
 
 class Plan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
