@@ -94,11 +94,13 @@ def _first(group: BaseException) -> Any:
     return group
 
 
-def _refused(err: AuthError, source_name: str) -> MigrationError:
-    side = "source" if err.host == source_name else "target"
+def credentials_refused(err: AuthError, plan: Plan, source_name: str, *, then: str) -> MigrationError:
+    """One line naming the side, the request and what to check; `then` says what to do after the fix."""
+    side, cfg = ("source", plan.source) if err.host == source_name else ("target", plan.target)
+    check = getattr(cfg, "credential_hint", "key")
     return MigrationError(
         f"the {side} refused the credentials (HTTP {err.status}) at {err.method} {err.path}; check the {side}"
-        " key in the plan. No record was dead-lettered for it: fix the key and rerun with --resume"
+        f" {check} in the plan. {then}"
     )
 
 
@@ -139,6 +141,10 @@ async def run(
     started = time.monotonic()
     runners: list[StreamRunner] = []
     outcome = "failed"
+    after_fix = (
+        "Nothing was written: fix it and run the dry run again" if dry_run
+        else "No record was dead-lettered for it: fix it and rerun with --resume"
+    )
     try:
         async with source.client, target.client:
             await target.prepare(setup)
@@ -175,13 +181,13 @@ async def run(
                             tg.start_soon(runner.run)
                     watcher.cancel()
             except* AuthError as group:
-                raise _refused(_first(group), source.client.name) from None
+                raise credentials_refused(_first(group), plan, source.client.name, then=after_fix) from None
         if board.halted:
             outcome = "stopped"
         else:
             outcome = "complete" if all(r.complete for r in runners) else "partial"
     except AuthError as err:
-        raise _refused(err, source.client.name) from None
+        raise credentials_refused(err, plan, source.client.name, then=after_fix) from None
     finally:
         ledger.end_run(run_id, outcome)
         progress.close()

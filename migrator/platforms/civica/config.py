@@ -11,6 +11,7 @@ from migrator.http import HostLimits
 
 class CivicaTarget(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag="civica", tag_field="platform"):
     platform: ClassVar[str] = "civica"
+    credential_hint: ClassVar[str] = "api_key or scope (the portal domain)"
     base_url: str = "https://api.civica-learning.com"  # add /eu or /us for those regions
     scope: str  # the portal's domain name: the Basic-auth user name
     api_key: str

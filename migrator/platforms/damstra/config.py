@@ -11,6 +11,7 @@ from migrator.http import HostLimits
 
 class DamstraSource(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, tag="damstra", tag_field="platform"):
     platform: ClassVar[str] = "damstra"
+    credential_hint: ClassVar[str] = "access_key"
     base_url: str = "https://app.velpic.com/api/v2"
     access_key: str
     # Damstra's limits are undocumented and every tenant shares one host: stay modest by default.
