@@ -12,6 +12,7 @@ import anyio
 import orjson
 
 from mappings import mapping_for
+from migrator import dlq
 from migrator.connectors import exportable
 from migrator.engine import Board, NoProgress, Progress, StreamRunner
 from migrator.http import AuthError, RequestStats
@@ -22,7 +23,12 @@ from migrator.report import build_report
 
 
 class MigrationError(Exception):
-    """The run cannot go on (bad credentials, ledger of another migration): one line for the user."""
+    """The run cannot go on (bad credentials, an unreachable host): one line for the user (exit 3)."""
+
+
+class UsageError(MigrationError):
+    """The command asks for something that cannot be right (a resume without its ledger, the ledger
+    of another migration): one line naming what was looked for and what to do instead (exit 2)."""
 
 
 def selected_streams(plan: Plan, mapping: Any) -> list[str]:
@@ -44,18 +50,24 @@ def _identity(plan: Plan) -> str:
 
 
 def _open_ledger(plan: Plan, resume: bool) -> Ledger:
+    if resume and not plan.ledger_path.exists():
+        # starting over here would write everything again to a target that holds the first run's data
+        raise UsageError(
+            f"--resume: no ledger at {plan.ledger_path} (the plan's `ledger`); nothing to resume. If the file"
+            " was moved, point `ledger` at it; to start a new migration instead, run without --resume"
+        )
     ledger = Ledger(plan.ledger_path, redact=plan.secrets())
     identity = ledger.get_meta("identity")
     if identity is None:
         ledger.set_meta("identity", _identity(plan))
     elif identity != _identity(plan):
         ledger.close()
-        raise MigrationError(
+        raise UsageError(
             f"ledger {plan.ledger_path} belongs to a migration between other hosts; use another `ledger` path"
         )
     elif not resume and ledger.has_records():
         ledger.close()
-        raise MigrationError(
+        raise UsageError(
             f"ledger {plan.ledger_path} already holds this migration; pass --resume to continue it"
             " (or set a new `ledger` path to start over)"
         )
@@ -63,19 +75,38 @@ def _open_ledger(plan: Plan, resume: bool) -> Ledger:
 
 
 async def _collect_keys(target: Any, streams: list[str], ledger: Ledger, stats: RequestStats) -> None:
-    """Dry run: note which natural keys the target already holds, to tell creates from updates."""
-    ledger.db.execute("CREATE TABLE IF NOT EXISTS target_keys (stream TEXT, key TEXT, PRIMARY KEY (stream, key))")
+    """Dry run: note what the target already holds (natural key as it compares keys, carried fields)."""
+    ledger.db.execute(
+        "CREATE TABLE IF NOT EXISTS target_keys (stream TEXT, key TEXT, fields BLOB, PRIMARY KEY (stream, key))"
+    )
     for name in streams:
         stream = target.streams[name]
         if not exportable(stream):
             continue
+        fold = (lambda k: k) if stream.keys_case_sensitive else str.casefold
         batch = []
-        async for key, _fields in stream.export(stats):
-            batch.append((name, key))
+        async for key, fields in stream.export(stats):
+            batch.append((name, fold(key), orjson.dumps(fields)))
             if len(batch) >= 1000:
-                ledger.db.executemany("INSERT OR IGNORE INTO target_keys VALUES (?, ?)", batch)
+                ledger.db.executemany("INSERT OR IGNORE INTO target_keys VALUES (?, ?, ?)", batch)
                 batch.clear()
-        ledger.db.executemany("INSERT OR IGNORE INTO target_keys VALUES (?, ?)", batch)
+        ledger.db.executemany("INSERT OR IGNORE INTO target_keys VALUES (?, ?, ?)", batch)
+
+
+async def _check_references(target: Any, runners: list[StreamRunner], stats: RequestStats) -> list[dict[str, Any]]:
+    """Dry run: every value the records need to exist in the target, as the target can confirm it."""
+    wanted: dict[tuple[str, str], int] = {}
+    for runner in runners:
+        for ref, n in runner.stats.references.items():
+            wanted[ref] = wanted.get(ref, 0) + n
+    if not wanted:
+        return []
+    verdicts = await target.check_references(set(wanted), stats)
+    out = []
+    for (kind, value), n in sorted(wanted.items()):
+        verdict, note = verdicts.get((kind, value), ("unconfirmed", "the target cannot be asked"))
+        out.append({"kind": kind, "value": value, "records": n, "verdict": verdict, "note": note})
+    return out
 
 
 async def _stop_when_asked(
@@ -148,13 +179,14 @@ async def run(
     try:
         async with source.client, target.client:
             await target.prepare(setup)
-            dry_keys = None
+            dry_existing = None
             if dry_run:
                 await _collect_keys(target, streams, ledger, setup)
 
-                def dry_keys(stream: str, key: str) -> bool:
-                    sql = "SELECT 1 FROM target_keys WHERE stream = ? AND key = ?"
-                    return ledger.db.execute(sql, (stream, key)).fetchone() is not None
+                def dry_existing(stream: str, key: str) -> dict[str, Any] | None:
+                    sql = "SELECT fields FROM target_keys WHERE stream = ? AND key = ?"
+                    row = ledger.db.execute(sql, (stream, key)).fetchone()
+                    return None if row is None else orjson.loads(row[0])
 
             for name in streams:
                 cfg = plan.streams.get(name)
@@ -169,7 +201,9 @@ async def run(
                         cfg.writers if cfg else 16,
                         progress,
                         limit,
-                        dry_keys,
+                        dry_existing,
+                        existing=cfg.existing if cfg else "conflict",
+                        stop_after_same_failure=cfg.stop_after_same_failure if cfg else 20,
                     )
                 )
             try:
@@ -182,6 +216,7 @@ async def run(
                     watcher.cancel()
             except* AuthError as group:
                 raise credentials_refused(_first(group), plan, source.client.name, then=after_fix) from None
+            references = await _check_references(target, runners, setup) if dry_run else []
         if board.halted:
             outcome = "stopped"
         else:
@@ -195,6 +230,10 @@ async def run(
         ledger, runners, setup, time.monotonic() - started, dry_run=dry_run, plan=plan, hosts=[source.client, target.client]
     )
     report["run"]["outcome"] = outcome
+    report["run"]["stopped_streams"] = {r.name: r.stop_reason for r in runners if r.stop_reason}
+    if dry_run:
+        report["dry_run"]["references"] = references
+        report["dry_run"]["rejects"] = dlq.groups(ledger, samples=2)
     report["run"]["event_loop"] = type(asyncio.get_running_loop()).__module__.split(".")[0]  # uvloop or asyncio
     ledger.close()
     if scratch:

@@ -58,7 +58,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(human_summary(report))
     if report["run"]["outcome"] == "stopped":
         return _fail(f"stopped on request; every settled record is in the ledger; {resume_hint}", EXIT_INTERRUPTED)
-    return EXIT_OK if report["run"]["outcome"] == "complete" or args.limit else EXIT_FAILED
+    stopped = report["run"].get("stopped_streams", {})
+    for name, reason in stopped.items():
+        pending = report["streams"][name]["pending"]
+        _fail(
+            f"stream {name} stopped: {reason}; nothing more was sent for it and {pending} records stay pending:"
+            f" fix the plan, then {resume_hint}",
+            EXIT_STOPPED,
+        )
+    if stopped:
+        return EXIT_STOPPED
+    if args.dry_run:
+        return EXIT_OK
+    # "finished but incomplete": records left pending, or dead-lettered (the summary names the command)
+    complete = report["run"]["outcome"] == "complete" and not report["totals"]["dead_lettered"]
+    return EXIT_OK if complete or args.limit else EXIT_FAILED
 
 
 async def _signals(stop: anyio.Event, everything: anyio.CancelScope) -> None:
@@ -231,7 +245,7 @@ def _sole(group: BaseExceptionGroup) -> BaseException:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from migrator.api import MigrationError
+    from migrator.api import MigrationError, UsageError
     from migrator.plan import PlanError
 
     args = build_parser().parse_args(argv)
@@ -242,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             raise _sole(group) from None
     except PlanError as exc:
         return _fail(f"plan: {exc}", EXIT_USAGE)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
     except MigrationError as exc:
         return _fail(str(exc), EXIT_STOPPED)
     except KeyboardInterrupt:

@@ -48,6 +48,8 @@ class Encoded(NamedTuple):
     key: str  # the natural key in the target: also the target id where the target has no ids
     losses: list[Loss] = []
     requests: int = 1  # requests the write needs, for dry-run estimates
+    # values that must already exist in the target, as (kind, value): a dry run checks them
+    references: tuple[tuple[str, str], ...] = ()
 
 
 class WriteItem(msgspec.Struct, kw_only=True):
@@ -57,6 +59,9 @@ class WriteItem(msgspec.Struct, kw_only=True):
     token: str | None  # what an earlier attempt stored (e.g. a Civica status id)
     save_token: Callable[[str | None], Awaitable[None]]
     stats: RequestStats
+    # the plan's policy for a record that already existed in the target before this migration:
+    # "conflict" (raise RecordError class `conflict`), "update", or "skip" (raise Skip with its target id)
+    existing: str = "conflict"
 
 
 class SourceStream:
@@ -79,6 +84,11 @@ class TargetStream:
     name: str = ""
     # "upsert": resending is harmless; "lookup": look the record up before resending
     write_safety: str = "upsert"
+    # whether the target tells "already exists" apart on write (and so follows the `existing` policy)
+    checks_existing: bool = False
+    # how the target compares natural keys; where its documentation is silent, False (the safe reading:
+    # two keys differing only in case are treated as one, so the second record is refused, not merged)
+    keys_case_sensitive: bool = False
 
     def encode(self, record: Any, parents: dict[Dep, str]) -> Encoded:
         raise NotImplementedError

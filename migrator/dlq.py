@@ -14,7 +14,7 @@ _NUMBER = re.compile(r"\b\d+\b")
 _QUOTED = re.compile(r"'[^']*'")
 
 
-def _shape(message: str) -> str:
+def message_shape(message: str) -> str:
     """Messages that differ only in ids and quoted values belong to one group."""
     return _NUMBER.sub("N", _QUOTED.sub("'…'", message))
 
@@ -24,25 +24,30 @@ def list_groups(path: str | Path, samples: int = 3) -> list[dict[str, Any]]:
         raise FileNotFoundError(path)
     ledger = Ledger(path)
     try:
-        groups: dict[tuple[str, str, str], dict[str, Any]] = {}
-        for dead in ledger.dead_letters():
-            key = (dead.stream, dead.error_class, _shape(dead.message))
-            group = groups.setdefault(
-                key,
-                {"stream": dead.stream, "error_class": dead.error_class, "message": key[2], "count": 0,
-                 "statuses": set(), "samples": []},
-            )
-            group["count"] += 1
-            if dead.status is not None:
-                group["statuses"].add(dead.status)
-            if len(group["samples"]) < samples:
-                group["samples"].append({"source_id": dead.source_id, "message": dead.message})
-        out = sorted(groups.values(), key=lambda g: (-g["count"], g["stream"], g["error_class"]))
-        for group in out:
-            group["statuses"] = sorted(group["statuses"])
-        return out
+        return groups(ledger, samples)
     finally:
         ledger.db.close()
+
+
+def groups(ledger: Ledger, samples: int = 3) -> list[dict[str, Any]]:
+    """Dead letters grouped by stream, class and message shape, biggest group first."""
+    found: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for dead in ledger.dead_letters():
+        key = (dead.stream, dead.error_class, message_shape(dead.message))
+        group = found.setdefault(
+            key,
+            {"stream": dead.stream, "error_class": dead.error_class, "message": key[2], "count": 0,
+             "statuses": set(), "samples": []},
+        )
+        group["count"] += 1
+        if dead.status is not None:
+            group["statuses"].add(dead.status)
+        if len(group["samples"]) < samples:
+            group["samples"].append({"source_id": dead.source_id, "message": dead.message})
+    out = sorted(found.values(), key=lambda g: (-g["count"], g["stream"], g["error_class"]))
+    for group in out:
+        group["statuses"] = sorted(group["statuses"])
+    return out
 
 
 def reopen(ledger: Ledger, streams: set[str] | None, classes: set[str] | None) -> dict[str, int]:

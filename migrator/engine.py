@@ -13,13 +13,14 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import anyio
 import msgspec
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from migrator.connectors import Dep, Encoded, Loss, Mapped, Page, SourceStream, TargetStream, WriteItem
+from migrator.dlq import message_shape
 from migrator.http import AuthError, HttpError, RequestStats
 from migrator.ledger import DEAD, IN_FLIGHT, SETTLED, SKIPPED, WRITTEN, Ledger, RecordState
 from migrator.model import RecordError, Skip
@@ -47,6 +48,14 @@ class Halted(Exception):
     """The run is stopping: leave this record pending for the resumed run."""
 
 
+class ParentStopped(Halted):
+    """The parent's stream stopped (a systematic failure): leave this record pending too."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.stream = stream
+
+
 class Board:
     """Who is waiting for which parent's target id; answers from the ledger once a parent settles."""
 
@@ -54,6 +63,7 @@ class Board:
         self.ledger = ledger
         self.waiters: dict[Dep, anyio.Event] = {}
         self.done: set[str] = set()
+        self.stopped: set[str] = set()  # streams that stopped on a systematic failure
         self.halted = False
         self.known: dict[Dep, str] = {}  # written parents' target ids never change: remember a few
 
@@ -79,10 +89,13 @@ class Board:
                 return known
             # check and register without an await in between: a settle cannot slip past us
             state = self.ledger.state(*dep)
-            if state is not None and state.state == WRITTEN and state.target_id is not None:
+            if state is not None and state.state in (WRITTEN, SKIPPED) and state.target_id is not None:
+                # a skipped parent with a target id exists in the target, left as it was there
                 return self._remember(dep, state.target_id)
             if state is not None and state.state in (SKIPPED, DEAD):
                 raise MissingDependency(f"parent {dep[0]} {dep[1]} was {state.state.replace('dead', 'dead-lettered')}")
+            if dep[0] in self.stopped:
+                raise ParentStopped(dep[0])
             if dep[0] in self.done:
                 raise MissingDependency(f"parent {dep[0]} {dep[1]} does not exist in the source")
             event = self.waiters.get(dep)
@@ -102,8 +115,10 @@ class Board:
         if event is not None:
             event.set()
 
-    def stream_done(self, stream: str) -> None:
-        self.done.add(stream)
+    def stream_done(self, stream: str, *, stopped: bool = False) -> None:
+        """The stream has ended: its unsettled records will not settle in this run. Children of a
+        stream that stopped stay pending; children of one read to the end have no parent."""
+        (self.stopped if stopped else self.done).add(stream)
         for dep in [d for d in self.waiters if d[0] == stream]:
             self.waiters.pop(dep).set()
 
@@ -158,13 +173,48 @@ class StreamStats:
         self.settled = 0
         self.started = time.monotonic()
         self.finished: float | None = None
-        self.losses: dict[tuple[str, str], int] = {}
         self.dry: dict[str, int] = {}
         self.dry_requests = 0
+        self.references: dict[tuple[str, str], int] = {}  # dry run: (kind, value) → records needing it
 
     @property
     def seconds(self) -> float:
         return (self.finished or time.monotonic()) - self.started
+
+
+class Failure(NamedTuple):
+    item: Item
+    error_class: str
+    message: str
+    status: int | None
+    payload: Any
+
+
+class SameFailureWatch:
+    """Holds back the stream's first failed writes while they all fail alike (same class, same
+    message up to ids and quoted values). N of them in a row is a mistake in the plan, not N bad
+    records: the stream stops and they stay pending. Anything else releases them as dead letters."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held: list[Failure] = []
+        self.shape: tuple[str, str] | None = None
+
+    def hold(self, failure: Failure) -> bool:
+        """Keep this failure back if it fails like the ones held so far (False: it does not)."""
+        shape = (failure.error_class, message_shape(failure.message))
+        if self.held and shape != self.shape:
+            return False
+        self.shape = shape
+        self.held.append(failure)
+        return True
+
+    @property
+    def full(self) -> bool:
+        return len(self.held) >= self.limit
+
+    def matches(self, failure: Failure) -> bool:
+        return (failure.error_class, message_shape(failure.message)) == self.shape
 
 
 class StreamRunner:
@@ -179,11 +229,18 @@ class StreamRunner:
         writers: int,
         progress: Progress,
         limit: int | None = None,
-        dry_keys: Callable[[str, str], bool] | None = None,
+        dry_existing: Callable[[str, str], dict[str, Any] | None] | None = None,
+        *,
+        existing: str = "conflict",
+        stop_after_same_failure: int = 20,
     ):
         self.name, self.source, self.target, self.mapper = name, source, target, mapper
         self.ledger, self.board, self.writers, self.progress = ledger, board, writers, progress
-        self.limit, self.dry_keys = limit, dry_keys
+        self.limit, self.dry_existing, self.existing = limit, dry_existing, existing
+        # natural keys compared the way the target compares them (case-insensitively unless it says otherwise)
+        self.fold: Callable[[str], str] = _same if target.keys_case_sensitive else str.casefold
+        self.watch = SameFailureWatch(stop_after_same_failure) if stop_after_same_failure and dry_existing is None else None
+        self.stop_reason: str | None = None  # set when this stream stopped on a systematic failure
         self.stats = StreamStats()
         self.tracker = PageTracker(ledger, name)
         self.active: set[str] = set()  # ids between mapper and settle: offset paging may repeat them
@@ -210,18 +267,26 @@ class StreamRunner:
             tg.start_soon(self._map, recv_pages, items)
             for _ in range(self.writers):
                 tg.start_soon(self._write_loop, items)
+        if self.stop_reason is None:
+            self._release_watch()  # fewer than N failed alike: ordinary dead letters
         self.stats.finished = time.monotonic()
-        if exhausted and not self.tracker.order and not self.board.halted:  # read to the end AND all settled
+        stopped = self.board.halted or self.stop_reason is not None
+        if exhausted and not self.tracker.order and not stopped:  # read to the end AND all settled
             self.ledger.set_cursor(self.name, self.tracker.last_committed, done=True)
-            self.ledger.commit()
             self.complete = True
-        self.board.stream_done(self.name)
+        self.ledger.commit()
+        self.board.stream_done(self.name, stopped=self.stop_reason is not None)
+
+    @property
+    def halted(self) -> bool:
+        """No new reads or writes for this stream: the run is stopping, or this stream stopped."""
+        return self.board.halted or self.stop_reason is not None
 
     async def _read(self, out: ObjectSendStream[Page], cursor: str | None, exhausted: list[bool]) -> None:
         read = 0
         async with out:
             async for page in self.source.pages(cursor, self.stats.requests):
-                if self.board.halted:
+                if self.halted:
                     return  # graceful stop: no new pages
                 if page.total is not None:
                     self.ledger.set_total(self.name, page.total)
@@ -252,7 +317,7 @@ class StreamRunner:
             self.ledger.add_pending(self.name, ids)
             states = self.ledger.states(self.name, ids)
             for sid, native in page.records:
-                if self.board.halted:
+                if self.halted:
                     return  # the rest of the page stays pending; its cursor never passes them
                 if sid in self.active:
                     continue  # a repeat (overlapping pages) of a record still on its way
@@ -265,11 +330,11 @@ class StreamRunner:
                 try:
                     mapped = self.mapper(self.name, self.source.decode(native))
                     dropped = self.source.losses(native)
-                    key = self.target.natural_key(mapped.record)
-                    if key is not None:
-                        self._claim(key, sid)  # in read order: the first record read keeps the key
+                    natural = self.target.natural_key(mapped.record)
+                    if natural is not None:
+                        self._claim(self.fold(natural), sid, natural)  # in read order: the first record read keeps the key
                 except Skip as skip:
-                    self.ledger.mark_skipped(self.name, sid, skip.reason)
+                    self.ledger.mark_skipped(self.name, sid, skip.reason)  # by the mapping: nothing in the target
                     self._settle(seq, sid)
                     continue
                 except RecordError as err:
@@ -291,7 +356,7 @@ class StreamRunner:
 
     async def _write_loop(self, items: asyncio.Queue[Item | None]) -> None:
         while (item := await items.get()) is not None:
-            if self.board.halted:
+            if self.halted:
                 continue  # drain without writing: these stay pending for --resume
             await self._write(item)
         items.put_nowait(None)  # for the next writer (nothing else is left in the queue)
@@ -303,13 +368,12 @@ class StreamRunner:
         try:
             parents = await self.board.resolve(item.mapped.deps)
             encoded = self.target.encode(item.mapped.record, parents)
-            self._claim(encoded.key, sid)
-            for loss in (*item.dropped, *encoded.losses) if item.dropped else encoded.losses:
-                key = (loss.field, loss.reason)
-                self.stats.losses[key] = self.stats.losses.get(key, 0) + 1
-            if self.dry_keys is not None:
-                self._dry_run(encoded)
-                self.ledger.mark_written(name, sid, encoded.key)
+            key = self.fold(encoded.key)
+            self._claim(key, sid, encoded.key)
+            losses = [*item.dropped, *encoded.losses] if item.dropped else encoded.losses
+            if self.dry_existing is not None:
+                self._dry_run(encoded, key)
+                self._written(sid, encoded.key, key, losses)
                 settled = True
                 return
 
@@ -325,46 +389,95 @@ class StreamRunner:
                 token=prior.token if prior else None,
                 save_token=save_token,
                 stats=self.stats.requests,
+                existing=self.existing,
             )
             if prior is not None and prior.state == IN_FLIGHT and self.target.write_safety == "lookup":
                 found = await self.target.reconcile(write)
                 if found is not None:
-                    self.ledger.mark_written(name, sid, found)
+                    self._written(sid, found, key, losses)
                     settled = True
                     return
             self.ledger.mark_in_flight(name, sid)
             if self.target.write_safety == "lookup":
                 await self.ledger.durable()  # the intent is on disk before a non-idempotent request leaves
             target_id = await self.target.write(write)
-            self.ledger.mark_written(name, sid, target_id)
+            self._written(sid, target_id, key, losses)
             settled = True
+        except ParentStopped as stopped:
+            if self.stop_reason is None and not self.board.halted:
+                self.stop_reason = f"its parent stream `{stopped.stream}` stopped"
         except Halted:
             pass
         except MissingDependency as err:
             self.ledger.mark_dead(name, sid, "missing_dependency", str(err), None, item.native)
             settled = True
+        except Skip as skip:  # the target's `existing` policy: the record is there, left as it was
+            self.ledger.mark_skipped(name, sid, skip.reason, skip.target_id, None if encoded is None else key)
+            if self.stop_reason is None:
+                self._release_watch()
+            settled = True
         except RecordError as err:
             payload = encoded.payload if encoded is not None else item.native
-            self.ledger.mark_dead(name, sid, err.error_class, err.message, err.status, payload)
-            settled = True
+            settled = self._failed(Failure(item, err.error_class, err.message, err.status, payload))
         except AuthError:
             raise
         except HttpError as err:
             payload = encoded.payload if encoded is not None else item.native
-            self.ledger.mark_dead(name, sid, _error_class(err), str(err), err.status, payload)
-            settled = True
+            settled = self._failed(Failure(item, _error_class(err), str(err), err.status, payload))
         finally:
             self._release(sid)
             if settled:
                 self._settle(item.seq, sid)
-            # an unsettled record (cancelled mid-write) keeps its place: the cursor must not pass it
+            # an unsettled record (cancelled mid-write, or held back) keeps its place: the cursor must not pass it
 
-    def _claim(self, key: str, sid: str) -> None:
-        """Two source records must not become one target record: the second is dead-lettered."""
+    def _written(self, sid: str, target_id: str, key: str, losses: Sequence[Loss]) -> None:
+        self.ledger.mark_written(self.name, sid, target_id, key)
+        if losses:
+            self.ledger.add_losses(self.name, losses)
+        if self.watch is not None and self.stop_reason is None:
+            self._release_watch()  # a write went through: the failures held so far were not systematic
+
+    def _failed(self, failure: Failure) -> bool:
+        """A write failed for good: dead-letter it (True), or hold it back while the stream's first
+        writes all fail alike (False: it stays unsettled, and pending if the stream stops)."""
+        watch = self.watch
+        if watch is not None and self.stop_reason is not None:
+            if watch.matches(failure):
+                return False  # in flight when the stream stopped, failing the same way: stays pending too
+        elif watch is not None:
+            if watch.hold(failure):
+                if watch.full:
+                    first = watch.held[0]
+                    self.stop_reason = (
+                        f"its first {len(watch.held)} writes all failed alike ({first.error_class}: {first.message})"
+                    )
+                return False
+            self._release_watch()
+        self._dead(failure)
+        return True
+
+    def _dead(self, failure: Failure) -> None:
+        self.ledger.mark_dead(
+            self.name, failure.item.source_id, failure.error_class, failure.message, failure.status, failure.payload
+        )
+
+    def _release_watch(self) -> None:
+        """Stop watching for a systematic failure; the failures held back become dead letters."""
+        watch, self.watch = self.watch, None
+        if watch is None:
+            return
+        for failure in watch.held:
+            self._dead(failure)
+            self._settle(failure.item.seq, failure.item.source_id)
+
+    def _claim(self, key: str, sid: str, shown: str) -> None:
+        """Two source records must not become one target record: the second is dead-lettered.
+        `key` is folded as the target compares keys; `shown` is the key as written."""
         owner = self.claims.get(key) or self.ledger.owner_of(self.name, key, sid)
         if owner is not None and owner != sid:
+            how = "" if self.target.keys_case_sensitive else " (the target compares keys ignoring case)"
             raise RecordError(
-                "duplicate_natural_key", f"target key '{key}' is already carried by source record {owner}"
+                "duplicate_natural_key", f"target key '{shown}' is already carried by source record {owner}{how}"
             )
         self.claims[key] = sid
         self.claimed.setdefault(sid, []).append(key)
@@ -375,11 +488,26 @@ class StreamRunner:
             if self.claims.get(key) == sid:
                 del self.claims[key]
 
-    def _dry_run(self, encoded: Encoded) -> None:
-        exists = self.dry_keys(self.name, encoded.key) if self.dry_keys else False
-        verdict = "would_update" if exists else "would_create"
+    def _dry_run(self, encoded: Encoded, key: str) -> None:
+        """What the real run would do with this record, judged against what the target holds now."""
+        held = self.dry_existing(self.name, key) if self.dry_existing else None
+        if held is None:
+            verdict = "would_create"
+        elif not self.target.checks_existing:
+            verdict = "already_in_target_written_again"  # this target cannot tell: it would add another
+        elif held == self.target.carried(encoded):
+            verdict = "already_in_target"  # identical: settled as ours without a write
+        else:
+            verdict = {"conflict": "would_conflict", "update": "would_update", "skip": "would_skip_existing"}[self.existing]
         self.stats.dry[verdict] = self.stats.dry.get(verdict, 0) + 1
-        self.stats.dry_requests += encoded.requests
+        if verdict == "would_create" or verdict == "would_update" or verdict.endswith("written_again"):
+            self.stats.dry_requests += encoded.requests
+        for ref in encoded.references:
+            self.stats.references[ref] = self.stats.references.get(ref, 0) + 1
+
+
+def _same(key: str) -> str:
+    return key
 
 
 def _error_class(err: HttpError) -> str:

@@ -41,7 +41,9 @@ CREATE TABLE IF NOT EXISTS records (
     PRIMARY KEY (stream, source_id)) WITHOUT ROWID;
 -- no index on state: every state change would move an index entry; counts scan the table instead
 DROP INDEX IF EXISTS records_state;
-CREATE INDEX IF NOT EXISTS records_target ON records (stream, target_id);
+CREATE TABLE IF NOT EXISTS losses (
+    stream TEXT NOT NULL, field TEXT NOT NULL, reason TEXT NOT NULL, records INTEGER NOT NULL,
+    PRIMARY KEY (stream, field, reason)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letters (
     stream TEXT NOT NULL, source_id TEXT NOT NULL, error_class TEXT NOT NULL, message TEXT NOT NULL,
     status INTEGER, payload TEXT, created REAL NOT NULL, PRIMARY KEY (stream, source_id)) WITHOUT ROWID;
@@ -84,18 +86,40 @@ class Ledger:
         # bigger page cache would help too, but it costs resident memory that grows with the run.
         self.db.execute("PRAGMA wal_autocheckpoint=10000")
         self.db.executescript(_SCHEMA)
+        self._upgrade()
         self.db.commit()
         self._dirty = 0
         self._last_commit = time.monotonic()
         self._flush: asyncio.Event | None = None
         # (stream, source_id) → the columns changed since the last commit; `attempts` is a delta
         self._changes: dict[tuple[str, str], dict[str, object]] = {}
-        self._targets: dict[tuple[str, str], str] = {}  # (stream, target_id) → source_id, buffered rows
+        self._targets: dict[tuple[str, str], str] = {}  # (stream, natural key) → source_id, buffered rows
+        self._losses: dict[tuple[str, str, str], int] = {}  # (stream, field, reason) → records, buffered
         self.applied = 0  # how many times the buffer was applied: a snapshot older than that is stale
+
+    def _upgrade(self) -> None:
+        """Ledgers written before natural keys were kept per record gain the column (and its index)."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(records)")}
+        if "key" not in columns:
+            self.db.execute("ALTER TABLE records ADD COLUMN key TEXT")
+            rows = self.db.execute("SELECT stream, source_id, target_id FROM records WHERE target_id IS NOT NULL")
+            self.db.executemany(
+                "UPDATE records SET key = ? WHERE stream = ? AND source_id = ?",
+                [(target_id.casefold(), stream, sid) for stream, sid, target_id in rows.fetchall()],
+            )
+        self.db.execute("DROP INDEX IF EXISTS records_target")
+        self.db.execute("CREATE INDEX IF NOT EXISTS records_key ON records (stream, key)")
 
     # ---- commits -------------------------------------------------------------------------
     def _apply(self) -> None:
         """Write the buffered record changes into the open transaction (one UPDATE per record)."""
+        if self._losses:
+            self.db.executemany(
+                "INSERT INTO losses VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (stream, field, reason) DO UPDATE SET records = records + excluded.records",
+                [(*key, n) for key, n in self._losses.items()],
+            )
+            self._losses.clear()
         if not self._changes:
             return
         now = time.time()
@@ -222,17 +246,18 @@ class Ledger:
                 rows[sid] = tuple(row)  # type: ignore[assignment]
         return StateSnapshot(self, stream, rows)
 
-    def owner_of(self, stream: str, target_id: str, other_than: str) -> str | None:
-        """The source record already written to this target key, if another one was."""
-        buffered = self._targets.get((stream, target_id))
+    def owner_of(self, stream: str, key: str, other_than: str) -> str | None:
+        """The source record already settled onto this natural key (as the target compares keys:
+        callers pass it folded where the target ignores case), if another one was."""
+        buffered = self._targets.get((stream, key))
         if buffered is not None and buffered != other_than:
             return buffered
         for (sid,) in self.db.execute(
-            "SELECT source_id FROM records WHERE stream = ? AND target_id = ? AND source_id != ?",
-            (stream, target_id, other_than),
+            "SELECT source_id FROM records WHERE stream = ? AND key = ? AND source_id != ?",
+            (stream, key, other_than),
         ):
             change = self._changes.get((stream, sid))
-            if change is None or change.get("target_id", target_id) == target_id:
+            if change is None or change.get("key", key) == key:
                 return sid
         return None
 
@@ -251,9 +276,9 @@ class Ledger:
             self._changes[key] = cols
         else:
             change.update(cols)
-        target_id = cols.get("target_id")
-        if target_id is not None:
-            self._targets[(stream, target_id)] = source_id  # type: ignore[index]
+        key_ = cols.get("key")
+        if key_ is not None:
+            self._targets[(stream, key_)] = source_id  # type: ignore[index]
         self._touch()
 
     def mark_in_flight(self, stream: str, source_id: str) -> None:
@@ -264,11 +289,31 @@ class Ledger:
     def save_token(self, stream: str, source_id: str, token: str | None) -> None:
         self._set(stream, source_id, token=token)
 
-    def mark_written(self, stream: str, source_id: str, target_id: str) -> None:
-        self._set(stream, source_id, state=WRITTEN, target_id=target_id, token=None, reason=None)
+    def mark_written(self, stream: str, source_id: str, target_id: str, key: str | None = None) -> None:
+        """`key`: the natural key as the target compares it (what `owner_of` looks for)."""
+        self._set(stream, source_id, state=WRITTEN, target_id=target_id, token=None, reason=None,
+                  key=target_id.casefold() if key is None else key)
 
-    def mark_skipped(self, stream: str, source_id: str, reason: str) -> None:
-        self._set(stream, source_id, state=SKIPPED, reason=reason)
+    def mark_skipped(
+        self, stream: str, source_id: str, reason: str, target_id: str | None = None, key: str | None = None
+    ) -> None:
+        """A record left behind on purpose; `target_id` when it exists in the target all the same
+        (left as it was there), so that its children can still be attached to it."""
+        if target_id is None:
+            self._set(stream, source_id, state=SKIPPED, reason=reason)
+        else:
+            self._set(stream, source_id, state=SKIPPED, reason=reason, target_id=target_id,
+                      key=target_id.casefold() if key is None else key)
+
+    def add_losses(self, stream: str, losses: Iterable[tuple[str, str]]) -> None:
+        """Fields of one carried record that the target does not hold: counted for the whole migration."""
+        for field, reason in losses:
+            k = (stream, field, reason)
+            self._losses[k] = self._losses.get(k, 0) + 1
+
+    def losses(self) -> list[tuple[str, str, str, int]]:
+        self._apply()
+        return self.db.execute("SELECT stream, field, reason, records FROM losses ORDER BY stream, field").fetchall()
 
     def mark_dead(
         self, stream: str, source_id: str, error_class: str, message: str, status: int | None, payload: object

@@ -53,8 +53,10 @@ class RecordError(Exception):
 
 
 class Skip(Exception):
-    """The mapping deliberately leaves this record behind (recorded as skipped, with the reason)."""
+    """This record is deliberately left behind (recorded as skipped, with the reason): by the mapping,
+    or by a target whose record already exists (then `target_id` names it, so children can attach)."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, target_id: str | None = None):
         super().__init__(reason)
         self.reason = reason
+        self.target_id = target_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from migrator.http import RequestStats
@@ -44,8 +45,13 @@ def build_report(
             totals[key] += entry[key]
         for code, n in entry["status_counts"].items():
             totals["status_counts"][code] = totals["status_counts"].get(code, 0) + n
-        for (field, reason), n in sorted(runner.stats.losses.items()):
-            losses.append({"stream": runner.name, "field": field, "reason": reason, "records": n})
+    # counted in the ledger as records are written, so a resumed run reports the whole migration
+    chosen = {r.name for r in runners}
+    losses = [
+        {"stream": stream, "field": field, "reason": reason, "records": n}
+        for stream, field, reason, n in ledger.losses()
+        if stream in chosen
+    ]
     totals["requests"] += setup.requests
     settled = sum(r.stats.settled for r in runners)
     totals["records_per_second"] = round(settled / seconds, 1) if seconds else 0.0
@@ -66,9 +72,16 @@ def _estimate(report: dict[str, Any], plan: Any) -> dict[str, Any]:
     writes = sum(s["dry_run"]["estimated_write_requests"] for s in streams.values())
     reads = report["totals"]["requests"]
     source_rate, target_rate = plan.source.limits.rate, plan.target.limits.rate
+    def total(verdict: str) -> int:
+        return sum(s["dry_run"].get(verdict, 0) for s in streams.values())
+
     est: dict[str, Any] = {
-        "would_create": sum(s["dry_run"].get("would_create", 0) for s in streams.values()),
-        "would_update": sum(s["dry_run"].get("would_update", 0) for s in streams.values()),
+        "would_create": total("would_create"),
+        "would_update": total("would_update"),
+        "would_conflict": total("would_conflict"),
+        "would_skip_existing": total("would_skip_existing"),
+        "already_in_target": total("already_in_target"),
+        "already_in_target_written_again": total("already_in_target_written_again"),
         "would_skip": report["totals"]["skipped"],
         "would_reject": report["totals"]["dead_lettered"],
         "source_requests": reads,
@@ -102,12 +115,7 @@ def human_summary(report: dict[str, Any]) -> str:
     for loss in report["fidelity_losses"]:
         lines.append(f"fidelity loss: {loss['stream']}.{loss['field']} ({loss['records']} records): {loss['reason']}")
     if "dry_run" in report:
-        d = report["dry_run"]
-        lines.append(
-            f"dry run: would create {d['would_create']}, update {d['would_update']}, skip {d['would_skip']},"
-            f" reject {d['would_reject']}; {d['target_requests']} target requests"
-            + (f" ≈ {d['target_seconds_at_limit']} s at the configured rate" if "target_seconds_at_limit" in d else "")
-        )
+        lines.extend(_dry_run_lines(report))
     if "verify" in report:
         v = report["verify"]
         lines.append("verify: " + ("OK, target matches source" if v["ok"] else "MISMATCH (see report)"))
@@ -119,4 +127,49 @@ def human_summary(report: dict[str, Any]) -> str:
                     f"  {name}: expected {s['expected']}, in target {s['actual']}, missing {s['missing']},"
                     f" extra {s['extra']}, field mismatches {s['mismatched']}"
                 )
+    lines.extend(_ending_lines(report))
     return "\n".join(lines)
+
+
+def _dry_run_lines(report: dict[str, Any]) -> list[str]:
+    d = report["dry_run"]
+    lines = [
+        f"dry run: would create {d['would_create']}, update {d['would_update']}, skip {d['would_skip']},"
+        f" reject {d['would_reject']}; {d['target_requests']} target requests"
+        + (f" ≈ {d['target_seconds_at_limit']} s at the configured rate" if "target_seconds_at_limit" in d else "")
+    ]
+    for name, s in report["streams"].items():
+        existing = {k: v for k, v in s["dry_run"].items() if k.startswith(("already", "would_conflict", "would_skip_e"))}
+        if existing:
+            lines.append(f"  {name}: already in the target: " + ", ".join(f"{_VERDICTS[k]} {v}" for k, v in existing.items()))
+    for group in d.get("rejects", []):
+        lines.append(f"  would reject {group['count']} {group['stream']}: {group['error_class']}: {group['message'][:160]}")
+    for ref in d.get("references", []):
+        if ref["verdict"] != "exists":
+            lines.append(
+                f"  {ref['kind']} '{ref['value']}' ({ref['records']} records): {ref['verdict']}: {ref['note']}"
+            )
+    return lines
+
+
+_VERDICTS = {
+    "already_in_target": "identical (settled without a write)",
+    "already_in_target_written_again": "not checked by this target on write (would be written again)",
+    "would_conflict": "different (dead-lettered as conflict: existing = \"conflict\")",
+    "would_skip_existing": "different (left as they are: existing = \"skip\")",
+}
+
+
+def _ending_lines(report: dict[str, Any]) -> list[str]:
+    """What a person must do next: stopped streams, dead letters to look at."""
+    lines = []
+    run = report.get("run", {})
+    for name, reason in run.get("stopped_streams", {}).items():
+        lines.append(f"stream {name} stopped: {reason}")
+    dead = report["totals"]["dead_lettered"]
+    ledger = run.get("ledger")
+    if dead and ledger and "dry_run" not in report:
+        lines.append(
+            f"dead letters: {dead} record{'s' * (dead != 1)} not carried; see why with: migrator dlq list {shlex.quote(ledger)}"
+        )
+    return lines

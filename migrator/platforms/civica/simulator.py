@@ -5,6 +5,11 @@ status 3 instead, and a ``status_stuck`` share stays status 1 for ``status_stuck
 ends 3 - a create that is stuck still holds its username, so a resend meanwhile meets 409), AwardCertificate is
 deliberately not idempotent, and reads page with opaque cursors - the behaviours a resumable,
 exactly-once engine has to cope with.
+
+Civica's documentation does not say whether usernames are case-sensitive, so both readings are
+offered: ``usernames_case_sensitive=True`` (the default) keeps ``Ann`` and ``ann`` apart; False makes
+them one user (a create of ``ann`` meets 409 when ``Ann`` exists, and every ``uid`` is matched
+ignoring case).
 """
 
 from __future__ import annotations
@@ -143,6 +148,7 @@ class CivicaSimulator(SimulatorBase):
         profile_fields: dict[str, Any] | None = None,
         data: str | Path | None = None,
         seed: int = 1,
+        usernames_case_sensitive: bool = True,
         on_served: Callable[[web.Request, web.StreamResponse], None] | None = None,
     ) -> None:
         super().__init__(rate=rate, burst=burst, retry_after=retry_after, faults=faults, on_served=on_served)
@@ -158,6 +164,8 @@ class CivicaSimulator(SimulatorBase):
         self.profile_fields = dict(profile_fields) if profile_fields is not None else default_profile_fields()
         self._rng = random.Random(seed)
         self.users: dict[str, CivicaUser] = {}
+        self.usernames_case_sensitive = usernames_case_sensitive
+        self._by_folded: dict[str, str] = {}  # casefolded username → username as stored
         self._order: list[str] = []
         self.awards: list[Award] = []
         self._award_index: list[tuple[int, int]] = []  # sorted (awarded ms, seq)
@@ -194,6 +202,17 @@ class CivicaSimulator(SimulatorBase):
         user.seq = len(self._order)
         self._order.append(user.profile["username"])
         self.users[user.profile["username"]] = user
+        self._by_folded[user.profile["username"].casefold()] = user.profile["username"]
+
+    def _canon(self, uid: str) -> str:
+        """The username a request's uid names: itself, or (ignoring case) the one stored or being created."""
+        if self.usernames_case_sensitive:
+            return uid
+        folded = uid.casefold()
+        known = self._by_folded.get(folded)
+        if known is not None and known in self.users:
+            return known
+        return next((p for p in self._pending_creates if p.casefold() == folded), uid)
 
     @property
     def pending(self) -> int:
@@ -223,7 +242,7 @@ class CivicaSimulator(SimulatorBase):
             self.failed_ops += 1
             return 3, "simulated processing failure"
         if op.action == "create":
-            if op.uid in self.users:
+            if self._canon(op.uid) in self.users:
                 return 3, "username already in use"
             profile = {k: v for k, v in op.profile.items() if v is not None}
             self._insert(CivicaUser(profile=profile, groups={name for name, _ in op.groups}))
@@ -401,15 +420,16 @@ class CivicaSimulator(SimulatorBase):
             return _error(400, groups)
         if action == "create":
             uid = profile["username"]
-            if uid in self.users or uid in self._pending_creates:
+            held = self._canon(uid)
+            if held in self.users or held in self._pending_creates:
                 return _error(409, "username already in use")
             self._pending_creates[uid] = self._pending_creates.get(uid, 0) + 1
         else:
             found = self._uid(params)
             if found is None:
                 return _error(400, "params.uid is required")
-            uid = found
-            if profile.get("username", uid) != uid:
+            uid = self._canon(found)
+            if self._canon(profile.get("username", uid)) != uid:
                 return _error(400, "profile.username cannot be changed")
             if uid not in self.users and uid not in self._pending_creates:
                 return _error(404, "user not found")
@@ -441,7 +461,7 @@ class CivicaSimulator(SimulatorBase):
         uid = self._uid(params)
         if uid is None:
             return _error(400, "params.uid is required")
-        user = self.users.get(uid)
+        user = self.users.get(self._canon(uid))
         return _error(404, "user not found") if user is None else json_response(self._user_json(user))
 
     async def _get_inactive_users(self, body: dict[str, Any], params: dict[str, Any]) -> web.Response:
@@ -480,7 +500,7 @@ class CivicaSimulator(SimulatorBase):
         uid = self._uid(params)
         if uid is None:
             return _error(400, "params.uid is required")
-        if self.users.pop(uid, None) is None:
+        if self.users.pop(self._canon(uid), None) is None:
             return _error(404, "user not found")
         return json_response({})
 
@@ -506,6 +526,7 @@ class CivicaSimulator(SimulatorBase):
         mode = str(cert.get("awardMode") or "manual").lower()
         if mode not in AWARD_MODES:
             return _error(400, "certification.awardMode must be one of: Manual, Award, Renew")
+        uid = self._canon(uid)
         if uid not in self.users:
             return _error(404, "user not found")
         if ref not in self.certifications:

@@ -1,8 +1,11 @@
 """Writing to a Civica Learning portal: users (async SetUser), their groups, and certificate awards.
 
-Users are safe to resend (a second create answers 409 and becomes a merge update), so they are
-written as upserts; the status id of every 202 is stored so a resumed run polls it instead of
-submitting again. AwardCertificate adds a row on every call, so an award whose outcome is unknown
+Users are safe to resend: a create always goes first, and a username already in use is read back
+(GetUser). A user holding exactly what we would write is ours (an earlier attempt of this migration
+created it, perhaps just before a kill): settled as written. One that differs existed before this
+migration and follows the plan's `existing` policy: dead-lettered as a `conflict` (default), updated,
+or skipped. The status id of every 202 is stored so a resumed run polls it instead of submitting
+again. Civica's documentation is silent on username case, so keys are compared ignoring case. AwardCertificate adds a row on every call, so an award whose outcome is unknown
 is looked up (GetUsersCertificates over a one-second window) before it is ever sent again.
 """
 
@@ -17,7 +20,7 @@ from typing import Any
 from migrator.connectors import Dep, Encoded, Loss, TargetStream, WriteItem, segment
 from migrator.dates import format_utc, normalize, plus
 from migrator.http import AmbiguousOutcome, HostClient, RequestStats
-from migrator.model import Certificate, Group, RecordError, User
+from migrator.model import Certificate, Group, RecordError, Skip, User
 from migrator.platforms.civica.config import CivicaTarget
 
 EPOCH = "1970-01-01T00:00:00.000Z"
@@ -45,6 +48,8 @@ class Civica:
             name="civica",
         )
         self.profile_fields: set[str] = set(PROFILE_FIELDS.values()) | {"username"}
+        self.profile_specs: dict[str, dict[str, Any]] = {}  # GetProfileFields: mode, type, values
+        self.awarded_refs: set[str] | None = None  # certification ids seen in the portal's awards
         self.streams: dict[str, TargetStream] = {
             "groups": CivicaGroups(),
             "users": CivicaUsers(self),
@@ -55,6 +60,32 @@ class Civica:
         fields = await self.read("GetProfileFields", {"params": {}}, stats)
         if isinstance(fields, dict) and fields:
             self.profile_fields = set(fields)
+            self.profile_specs = {k: v for k, v in fields.items() if isinstance(v, dict)}
+
+    async def check_references(
+        self, wanted: set[tuple[str, str]], stats: RequestStats
+    ) -> dict[tuple[str, str], tuple[str, str]]:
+        """Dry run: which certification refs the portal can be shown to hold. Civica has no API that
+        lists certifications, so only refs someone was already awarded are confirmed."""
+        if self.awarded_refs is None:
+            self.awarded_refs = set()
+            async for _key, _fields in self.streams["certificates"].export(stats):
+                pass
+        out: dict[tuple[str, str], tuple[str, str]] = {}
+        for kind, value in wanted:
+            if kind == "certification" and value in self.awarded_refs:
+                out[(kind, value)] = ("exists", "awarded in the portal already")
+            else:
+                out[(kind, value)] = (
+                    "unconfirmed",
+                    "Civica cannot list certifications and nobody holds this one yet: check the ref in the portal"
+                    " (a wrong ref fails every award, and the stream stops after its first identical failures)",
+                )
+        return out
+
+    async def get_user(self, uid: str, stats: RequestStats) -> dict[str, Any] | None:
+        resp = await self.call("GetUser", {"params": {"uid": uid}}, stats, accept=(200, 404))
+        return resp.json() if resp.status == 200 else None
 
     async def call(self, api: str, body: dict[str, Any], stats: RequestStats, accept=(200,), **kw: Any):
         return await self.client.request("POST", f"/{api}", json=body, accept=accept, stats=stats, **kw)
@@ -104,6 +135,7 @@ class CivicaGroups(TargetStream):
 class CivicaUsers(TargetStream):
     name = "users"
     write_safety = "upsert"
+    checks_existing = True
     verify_note = "active state is not readable through Civica's API and is not compared"
 
     def __init__(self, civica: Civica):
@@ -129,9 +161,31 @@ class CivicaUsers(TargetStream):
         for canonical in ("phone", "mobile"):
             if getattr(record, canonical):
                 losses.append(Loss(canonical, "Civica has no profile field for phone numbers"))
+        self._check_profile(profile)
         groups = sorted({parents[("groups", gid)] for gid in record.group_ids})
         payload = {"profile": profile, "groups": groups, "active": record.active}
         return Encoded(payload, record.username, losses, requests=3 if record.active else 6)
+
+    def _check_profile(self, profile: dict[str, Any]) -> None:
+        """Refuse, before sending, what the portal's profile fields (GetProfileFields) would refuse."""
+        for key, spec in self.civica.profile_specs.items():
+            label = spec.get("label") or key
+            value = profile.get(key)
+            if spec.get("mode") == "Mandatory" and value in (None, "", []):
+                raise RecordError(
+                    "missing_field",
+                    f"the portal's profile field '{key}' ({label}) is Mandatory and the mapping does not fill it",
+                )
+            allowed = spec.get("values") or []
+            if value is None or spec.get("type") not in ("SingleChoice", "MultipleChoice"):
+                continue
+            given = value if isinstance(value, list) else [value]
+            bad = [v for v in given if v not in allowed]
+            if bad:
+                raise RecordError(
+                    "invalid_value",
+                    f"profile.{key} ({label}) does not allow {bad[0]!r}; the portal allows: {', '.join(map(str, allowed))}",
+                )
 
     def carried(self, encoded: Encoded) -> dict[str, Any]:
         return {**encoded.payload["profile"], "groups": encoded.payload["groups"]}
@@ -173,28 +227,67 @@ class CivicaUsers(TargetStream):
     async def write(self, item: WriteItem) -> str:
         payload, uid = item.encoded.payload, item.encoded.key
         step, _, tid = (item.token or "").partition(":")
-        groups = [{"name": g} for g in payload["groups"]]
         if step in ("", "create", "update"):
-            try:
-                if not (tid and await self._settled(tid, item, step) is True):
-                    create = {
-                        "params": {"action": "create", "send_welcome": False},
-                        "profile": payload["profile"],
-                        "groups": groups,
-                    }
-                    await self._submit(create, item, "create")
-            except _Exists:
-                update = {
-                    "params": {"action": "update", "uid": uid},
-                    "profile": {k: v for k, v in payload["profile"].items() if k != "username"},
-                    "groups": [{**g, "action": "add"} for g in groups],
-                }
-                await self._submit(update, item, "update")
+            # an earlier attempt's status id, applied: that step is done (a create applied is ours)
+            if not (tid and await self._settled(tid, item, step) is True):
+                uid = await self._create_or_settle_existing(item)
             step = ""
         deactivated = step == "deactivate" and tid and await self._settled(tid, item, step) is True
         if not payload["active"] and not deactivated:
             await self._submit({"params": {"action": "deactivate", "uid": uid}}, item, "deactivate")
         return uid
+
+    async def _create_or_settle_existing(self, item: WriteItem) -> str:
+        """Create the user; if the username is taken, decide by what the portal holds. Returns the uid."""
+        payload, uid = item.encoded.payload, item.encoded.key
+        create = {
+            "params": {"action": "create", "send_welcome": False},
+            "profile": payload["profile"],
+            "groups": [{"name": g} for g in payload["groups"]],
+        }
+        pause, deadline = self.civica.cfg.poll_initial, time.monotonic() + self.civica.cfg.poll_timeout
+        while True:
+            try:
+                await self._submit(create, item, "create")
+                return uid
+            except _Exists:
+                pass
+            held = await self.civica.get_user(uid, item.stats)
+            if held is not None:
+                return await self._existing(item, held)
+            # taken, yet not readable: a create still being processed holds the name (an earlier
+            # attempt of ours, or someone else's); it either lands (then we compare) or frees it
+            if time.monotonic() > deadline:
+                raise RecordError("target_rejected", f"username '{uid}' stayed taken by a create still in process")
+            await asyncio.sleep(max(pause, 0.05))
+            pause = min(max(pause * 2, 0.05), self.civica.cfg.poll_max)
+
+    async def _existing(self, item: WriteItem, held: dict[str, Any]) -> str:
+        """The username exists in the portal: ours if it holds exactly what we would write, else
+        the plan's `existing` policy decides."""
+        payload = item.encoded.payload
+        held_profile = held.get("profile") or {}
+        uid = (held.get("params") or {}).get("uid") or held_profile.get("username") or item.encoded.key
+        differences = _differences(payload, held_profile, {g.get("name") for g in held.get("groups") or []})
+        if not differences:
+            return uid
+        if item.existing == "update":
+            update = {
+                "params": {"action": "update", "uid": uid},
+                "profile": {k: v for k, v in payload["profile"].items() if k != "username"},
+                "groups": [{"name": g, "action": "add"} for g in payload["groups"]],
+            }
+            await self._submit(update, item, "update")
+            return uid
+        shown = "; ".join(differences[:4]) + ("; …" if len(differences) > 4 else "")
+        if item.existing == "skip":
+            raise Skip(f"user '{uid}' already existed in the target and was left as it is ({shown})", target_id=uid)
+        raise RecordError(
+            "conflict",
+            f"user '{uid}' already exists in the target and differs from the source ({shown}); nothing was"
+            f" overwritten. To carry it: set streams.{item.stream}.existing = \"update\" (or \"skip\") in the plan"
+            " and run `migrator dlq retry PLAN --class conflict`",
+        )
 
     async def export(self, stats: RequestStats) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         future = format_utc(datetime.now(UTC) + timedelta(days=3650))  # everyone "last logged in before"
@@ -219,6 +312,19 @@ class _Exists(Exception):
     """SetUser create met an existing username."""
 
 
+def _differences(payload: dict[str, Any], held: dict[str, Any], held_groups: set[Any]) -> list[str]:
+    """What the portal holds that differs from what we would write (our fields and groups only)."""
+    out = []
+    for key, value in payload["profile"].items():
+        have = held.get(key)
+        if have != value and not (value in ("", []) and have in (None, "", [])):  # GetUser leaves out empty fields
+            out.append(f"{key}: {have!r} in the target, {value!r} from the source")
+    ours = set(payload["groups"])
+    if ours != held_groups:
+        out.append(f"groups: {sorted(map(str, held_groups))} in the target, {sorted(ours)} from the source")
+    return out
+
+
 class CivicaCertificates(TargetStream):
     name = "certificates"
     write_safety = "lookup"
@@ -239,7 +345,9 @@ class CivicaCertificates(TargetStream):
         if record.score is not None:
             certification["score"] = record.score
         payload = {"params": {"uid": uid, "ref": record.course_id}, "certification": certification}
-        return Encoded(payload, f"{uid}|{record.course_id}|{awarded}", requests=1)
+        return Encoded(
+            payload, f"{uid}|{record.course_id}|{awarded}", requests=1, references=(("certification", record.course_id),)
+        )
 
     async def write(self, item: WriteItem) -> str:
         for _attempt in range(self.civica.cfg.limits.max_retries + 1):
@@ -271,6 +379,8 @@ class CivicaCertificates(TargetStream):
             body = await self.civica.read("GetUsersCertificates", {"params": params}, stats)
             for row in body.get("certificates") or []:
                 date = normalize(row.get("awared_date") or row.get("awarded_date") or EPOCH, "awared_date")
+                if self.civica.awarded_refs is not None:
+                    self.civica.awarded_refs.add(str(row.get("certification_id")))
                 yield f"{row.get('username')}|{row.get('certification_id')}|{date}", {}
             if not body.get("next_cursor"):
                 return
