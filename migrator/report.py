@@ -143,7 +143,9 @@ def _dry_run_lines(report: dict[str, Any]) -> list[str]:
         if existing:
             lines.append(f"  {name}: already in the target: " + ", ".join(f"{_VERDICTS[k]} {v}" for k, v in existing.items()))
     for group in d.get("rejects", []):
-        lines.append(f"  would reject {group['count']} {group['stream']}: {group['error_class']}: {group['message'][:160]}")
+        example = group["samples"][0]["message"] if group["samples"] else group["message"]
+        lines.append(f"  would reject {group['count']} {group['stream']}: {group['error_class']}: {example[:160]}"
+                     + (" (and alike)" if group["count"] > 1 else ""))
     for ref in d.get("references", []):
         if ref["verdict"] != "exists":
             lines.append(
