@@ -130,7 +130,7 @@ def test_secrets_appear_nowhere(sims: Sims, tmp_path: Path) -> None:
     plan.write_text(plan.read_text().replace('[mapping.certifications]', '[mapping.certifications]\n"101" = "CERT-999"'))
     report_path = tmp_path / "report.json"
     done = run_cli("run", str(plan), "--verbose", "--report", str(report_path))
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 1, done.stderr[-2000:]  # finished, with dead letters
     ledger = tmp_path / "ledger.sqlite"
     db = sqlite3.connect(ledger)
     dead = db.execute("SELECT error_class, message, payload FROM dead_letters").fetchall()
