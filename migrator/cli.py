@@ -232,6 +232,7 @@ def _sole(group: BaseExceptionGroup) -> BaseException:
 
 def main(argv: list[str] | None = None) -> int:
     from migrator.api import MigrationError
+    from migrator.http import HostUnreachable
     from migrator.plan import PlanError
 
     args = build_parser().parse_args(argv)
@@ -243,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     except PlanError as exc:
         return _fail(f"plan: {exc}", EXIT_USAGE)
     except MigrationError as exc:
+        return _fail(str(exc), EXIT_STOPPED)
+    except HostUnreachable as exc:  # verify talks to the hosts without api.run's wording
         return _fail(str(exc), EXIT_STOPPED)
     except KeyboardInterrupt:
         return _fail("interrupted; the ledger keeps every settled record: rerun with --resume", 130)

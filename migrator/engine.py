@@ -20,7 +20,7 @@ import msgspec
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from migrator.connectors import Dep, Encoded, Loss, Mapped, Page, SourceStream, TargetStream, WriteItem
-from migrator.http import AuthError, HttpError, RequestStats
+from migrator.http import AuthError, HostUnreachable, HttpError, RequestStats
 from migrator.ledger import DEAD, IN_FLIGHT, SETTLED, SKIPPED, WRITTEN, Ledger, RecordState
 from migrator.model import RecordError, Skip
 
@@ -347,7 +347,7 @@ class StreamRunner:
             payload = encoded.payload if encoded is not None else item.native
             self.ledger.mark_dead(name, sid, err.error_class, err.message, err.status, payload)
             settled = True
-        except AuthError:
+        except (AuthError, HostUnreachable):
             raise
         except HttpError as err:
             payload = encoded.payload if encoded is not None else item.native
