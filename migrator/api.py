@@ -107,7 +107,8 @@ def credentials_refused(err: AuthError, plan: Plan, source_name: str, *, then: s
 def host_unreachable(err: HostUnreachable, source_name: str, *, then: str) -> MigrationError:
     """One line naming the side, its base URL, what was tried and for how long."""
     side = "source" if err.host == source_name else "target"
-    return MigrationError(f"cannot reach the {side} at {err.base_url}: {err.tried}; {err.advice(f'`{side}.base_url`')}. {then}")
+    advice = err.advice(f"`{side}.base_url`")
+    return MigrationError(f"cannot reach the {side} at {err.base_url}: {err.tried}; {advice}. {then}")
 
 
 async def run(

@@ -612,7 +612,9 @@ class HostClient:
                 failing_since = started
             cannot_connect = isinstance(outcome, _Transport) and outcome.surely_not_sent
             never_reached = cannot_connect and not self._reached
-            budget = min(self.limits.max_retries, UNREACHED_ATTEMPTS - 1) if never_reached else self.limits.max_retries
+            budget = self.limits.max_retries
+            if never_reached:
+                budget = min(budget, UNREACHED_ATTEMPTS - 1)
             if attempt > budget:
                 if cannot_connect:
                     raise HostUnreachable(
