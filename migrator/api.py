@@ -15,7 +15,7 @@ from mappings import mapping_for
 from migrator import dlq
 from migrator.connectors import exportable
 from migrator.engine import Board, NoProgress, Progress, StreamRunner
-from migrator.http import AuthError, RequestStats
+from migrator.http import AuthError, HostUnreachable, RequestStats
 from migrator.ledger import Ledger
 from migrator.plan import Plan, PlanError
 from migrator.platforms.registry import open_source, open_target
@@ -135,6 +135,13 @@ def credentials_refused(err: AuthError, plan: Plan, source_name: str, *, then: s
     )
 
 
+def host_unreachable(err: HostUnreachable, source_name: str, *, then: str) -> MigrationError:
+    """One line naming the side, its base URL, what was tried and for how long."""
+    side = "source" if err.host == source_name else "target"
+    advice = err.advice(f"`{side}.base_url`")
+    return MigrationError(f"cannot reach the {side} at {err.base_url}: {err.tried}; {advice}. {then}")
+
+
 async def run(
     plan: Plan,
     *,
@@ -216,6 +223,8 @@ async def run(
                     watcher.cancel()
             except* AuthError as group:
                 raise credentials_refused(_first(group), plan, source.client.name, then=after_fix) from None
+            except* HostUnreachable as group:
+                raise host_unreachable(_first(group), source.client.name, then=after_fix) from None
             references = await _check_references(target, runners, setup) if dry_run else []
         if board.halted:
             outcome = "stopped"
@@ -223,6 +232,8 @@ async def run(
             outcome = "complete" if all(r.complete for r in runners) else "partial"
     except AuthError as err:
         raise credentials_refused(err, plan, source.client.name, then=after_fix) from None
+    except HostUnreachable as err:
+        raise host_unreachable(err, source.client.name, then=after_fix) from None
     finally:
         ledger.end_run(run_id, outcome)
         progress.close()

@@ -246,6 +246,7 @@ def _sole(group: BaseExceptionGroup) -> BaseException:
 
 def main(argv: list[str] | None = None) -> int:
     from migrator.api import MigrationError, UsageError
+    from migrator.http import HostUnreachable
     from migrator.plan import PlanError
 
     args = build_parser().parse_args(argv)
@@ -259,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except MigrationError as exc:
+        return _fail(str(exc), EXIT_STOPPED)
+    except HostUnreachable as exc:  # verify talks to the hosts without api.run's wording
         return _fail(str(exc), EXIT_STOPPED)
     except KeyboardInterrupt:
         return _fail("interrupted; the ledger keeps every settled record: rerun with --resume", 130)

@@ -21,7 +21,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from migrator.connectors import Dep, Encoded, Loss, Mapped, Page, SourceStream, TargetStream, WriteItem
 from migrator.dlq import message_shape
-from migrator.http import AuthError, HttpError, RequestStats
+from migrator.http import AuthError, HostUnreachable, HttpError, RequestStats
 from migrator.ledger import DEAD, IN_FLIGHT, SETTLED, SKIPPED, WRITTEN, Ledger, RecordState
 from migrator.model import RecordError, Skip
 
@@ -419,7 +419,7 @@ class StreamRunner:
         except RecordError as err:
             payload = encoded.payload if encoded is not None else item.native
             settled = self._failed(Failure(item, err.error_class, err.message, err.status, payload))
-        except AuthError:
+        except (AuthError, HostUnreachable):
             raise
         except HttpError as err:
             payload = encoded.payload if encoded is not None else item.native

@@ -13,12 +13,13 @@ import ipaddress
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote_plus
 
 import aiohttp
 import msgspec
@@ -31,6 +32,7 @@ __all__ = [
     "AuthError",
     "HostClient",
     "HostLimits",
+    "HostUnreachable",
     "HttpError",
     "ProtocolError",
     "RequestStats",
@@ -51,6 +53,10 @@ NOT_APPLIED_STATUSES = frozenset({408, 429})
 MAX_THROTTLED = 200  # 429s one request may meet before it gives up all the same
 AUTH_STATUSES = frozenset({401, 403})
 PAUSING_STATUSES = frozenset({429, 503})
+# A host that has never accepted a connection in this run is most likely misnamed (wrong port or
+# host name), not briefly down: give up after a few quick attempts instead of the full backoff.
+UNREACHED_ATTEMPTS = 3
+UNREACHED_DELAY_CAP = 0.5  # seconds between those attempts, at most
 
 # Header names whose values are never credentials; everything else a caller sets is treated as secret.
 _PUBLIC_HEADERS = frozenset(
@@ -58,6 +64,16 @@ _PUBLIC_HEADERS = frozenset(
 )
 _EXCERPT_CHARS = 300
 _REDACTED = "***"
+# Query keys whose values are credentials whatever their value: matched anywhere in the lowercased
+# name (X-Amz-Signature, accessToken, apikey) or, for short words that hide inside ordinary
+# names (`key` in "keyword", `auth` in "author"), as one word of the name (sig, api_key, authCode).
+_CREDENTIAL_KEY_PARTS = (
+    "token", "secret", "passw", "signature", "credential", "apikey", "authoriz", "oauth", "session",
+    "cookie", "jwt", "private",
+)  # fmt: skip
+_CREDENTIAL_KEY_WORDS = frozenset({"key", "sig", "code", "auth", "pwd", "pass", "pin", "otp", "hmac", "nonce"})
+_MIN_ECHO_REDACTED = 4  # characters a credential-named query value needs to be hunted in error bodies
+_KEY_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
 
 class HostLimits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -131,6 +147,33 @@ class AuthError(HttpError):
     """401/403: the credential is wrong or lacks rights. Stops the run; retrying cannot help."""
 
 
+class HostUnreachable(HttpError):
+    """No connection could be made to the host until the retry budget ran out. Stops the run:
+    every record would fail the same way, so none is dead-lettered for it.
+
+    ``str()`` is one line naming the base URL, what failed, how many attempts and for how long;
+    ``base_url`` and ``tried`` hold the parts for callers that phrase their own line.
+    """
+
+    def __init__(self, *, base_url: str, tried: str, reached: bool, method: str, path: str, host: str) -> None:
+        self.base_url = base_url
+        self.tried = tried
+        self.reached = reached  # the host did answer earlier in this run: down, not misnamed
+        super().__init__(
+            f"cannot reach {base_url}: {tried}; {self.advice('its base_url')}",
+            status=None,
+            method=method,
+            path=path,
+            host=host,
+        )
+
+    def advice(self, setting: str) -> str:
+        """What to check, naming the plan setting (e.g. "`target.base_url`") that holds the URL."""
+        if self.reached:
+            return "it answered earlier in this run: check that the server is up"
+        return f"check the host and port in {setting} and that the server is up"
+
+
 class AmbiguousOutcome(HttpError):
     """A non-idempotent request may or may not have been applied; look it up before resending."""
 
@@ -189,7 +232,7 @@ class Response:
             return orjson.loads(self.body)
         except orjson.JSONDecodeError as exc:
             client = self._client
-            redact = client._redact if client is not None else _no_redact
+            redact = client._excerpt_redactor(self.path, self._params) if client is not None else _no_redact
             path = client._show_path(self.path, self._params) if client is not None else self.path
             raise ProtocolError(
                 f"{self.method} {path}: HTTP {self.status} body is not valid JSON ({exc})",
@@ -247,6 +290,36 @@ class _Transport(msgspec.Struct, frozen=True):
     surely_not_sent: bool  # could not even connect: resending cannot duplicate anything
 
 
+def _connect_failure(exc: aiohttp.ClientError) -> str:
+    """What a failed connect means to a person: the usual slips get their plain names."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "connect timed out"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "host name not found"
+    if isinstance(getattr(exc, "os_error", None), ConnectionRefusedError):
+        return "connection refused"
+    return f"cannot connect ({type(exc).__name__})"
+
+
+def _names_a_credential(key: str) -> bool:
+    lowered = key.lower()
+    if any(part in lowered for part in _CREDENTIAL_KEY_PARTS):
+        return True
+    return any(word.lower() in _CREDENTIAL_KEY_WORDS for word in _KEY_WORDS.findall(key))
+
+
+def _credential_values(path: str, params: Mapping[str, Any] | None) -> list[str]:
+    """Values a request sends under credential-like query keys, decoded. Shorter ones are left
+    out: redacting every "1" of an error body would hide the body, not a secret."""
+    values = []
+    for part in path.partition("?")[2].split("&"):
+        key, has_value, value = part.partition("=")
+        if has_value and _names_a_credential(unquote_plus(key)):
+            values.append(unquote_plus(value))
+    values += [str(v) for k, v in (params or {}).items() if _names_a_credential(str(k))]
+    return [v for v in values if len(v) >= _MIN_ECHO_REDACTED]
+
+
 class HostClient:
     """Shared HTTP client for one (base URL, credential): rate, concurrency, retries, pauses.
 
@@ -278,6 +351,10 @@ class HostClient:
     base * 2**n))``); a ``Retry-After`` replaces the backoff. 401/403 raise :class:`AuthError`,
     other statuses outside ``accept`` raise :class:`HttpError` at once. Redirects are not
     followed, so credentials never travel to another host.
+
+    A request whose last attempt could not even connect raises :class:`HostUnreachable`. While
+    the host has never accepted a connection in this run, that comes after ``UNREACHED_ATTEMPTS``
+    quick attempts (a wrong port is not a transient fault); once it has, the full budget applies.
 
     ``idempotent=False`` requests are resent only when the server surely did not apply them
     (429, 408, or no connection could be made). After a timeout, a dropped connection, a truncated
@@ -319,6 +396,7 @@ class HostClient:
         self._redact = _Redactor(secret_values)
 
         self._session: aiohttp.ClientSession | None = None
+        self._reached = False  # some attempt got a connection: failing to connect now is an outage
         self._slots = asyncio.Semaphore(limits.concurrency)
         self._paused_until = 0.0  # loop.time() before which nothing is sent to this host
         self._adaptive = limits.rate is None
@@ -447,6 +525,7 @@ class HostClient:
         loop = asyncio.get_running_loop()
 
         attempt = throttled = 0
+        failing_since: float | None = None  # loop.time() the first failed attempt started
         while True:
             attempt += 1
             if self._limiter is None and self._paused_until <= (started := loop.time()):
@@ -467,6 +546,8 @@ class HostClient:
                 shown = self._show_path(path, params)
                 for c in counters:
                     c.errors += 1
+                if not outcome.surely_not_sent:
+                    self._reached = True
                 if not idempotent and not outcome.surely_not_sent:
                     raise AmbiguousOutcome(
                         f"{method} {shown}: {outcome.reason}; the request may have been applied",
@@ -478,6 +559,7 @@ class HostClient:
                 retry_after = None
                 reason, excerpt = outcome.reason, ""
             else:
+                self._reached = True
                 status = outcome.status
                 for c in counters:
                     c.status_counts[status] = c.status_counts.get(status, 0) + 1
@@ -494,7 +576,7 @@ class HostClient:
                     outcome._client, outcome._params = self, params
                     return outcome
                 shown = self._show_path(path, params)
-                excerpt = _excerpt(outcome.body, self._redact)
+                excerpt = _excerpt(outcome.body, self._excerpt_redactor(path, params))
                 reason = f"HTTP {status}"
                 if status in AUTH_STATUSES:
                     raise AuthError(
@@ -526,7 +608,24 @@ class HostClient:
                 # "slow down" is not a failure: it does not use up the retry budget
                 throttled += 1
                 attempt -= 1
-            if attempt > self.limits.max_retries:
+            if failing_since is None:
+                failing_since = started
+            cannot_connect = isinstance(outcome, _Transport) and outcome.surely_not_sent
+            never_reached = cannot_connect and not self._reached
+            budget = self.limits.max_retries
+            if never_reached:
+                budget = min(budget, UNREACHED_ATTEMPTS - 1)
+            if attempt > budget:
+                if cannot_connect:
+                    raise HostUnreachable(
+                        base_url=self._redact(self.base_url),
+                        tried=f"{reason}, {attempt} attempts over {loop.time() - failing_since:.1f}s"
+                        f" ({method} {shown})",
+                        reached=self._reached,
+                        method=method,
+                        path=shown,
+                        host=self.name,
+                    )
                 raise HttpError(
                     f"{method} {shown}: gave up after {attempt} attempts; last: {reason}",
                     status=status,
@@ -543,6 +642,8 @@ class HostClient:
             delay = random.uniform(
                 0, min(self.limits.backoff_cap, self.limits.backoff_base * 2 ** (attempt - 1))
             )
+            if never_reached:
+                delay = min(delay, UNREACHED_DELAY_CAP)
             log.debug(
                 "%s: %s %s -> %s, retry %d/%d in %.2fs",
                 self.name,
@@ -606,7 +707,7 @@ class HostClient:
                 path=self._show_path(url.path, None),
             ) from None
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            return _Transport(f"cannot connect ({type(exc).__name__})", surely_not_sent=True)
+            return _Transport(_connect_failure(exc), surely_not_sent=True)
         except TimeoutError:
             return _Transport(f"timed out after {self.limits.timeout:g}s", surely_not_sent=False)
         except aiohttp.ClientPayloadError as exc:
@@ -709,11 +810,27 @@ class HostClient:
         self._rate = rate
         self._limiter = limiter
 
+    def _excerpt_redactor(self, path: str, params: Mapping[str, Any] | None) -> Callable[[str], str]:
+        """The secrets redactor, plus the values this request sent under credential names (unknown
+        to it): a careless server may echo them into its error body. Built only for a message."""
+        sent = _credential_values(path, params)
+        if not sent:
+            return self._redact
+        also = _Redactor(sent)
+        return lambda text: also(self._redact(text))
+
     def _show_path(self, path: str, params: Mapping[str, Any] | None) -> str:
-        """Path for messages: query values (cursors, tokens) become ``***``, secrets are redacted."""
+        """Path for messages: query values are shown (a cursor or a filter helps to understand an
+        error) except under credential-like keys (token, signature, api_key, ...); every known
+        secret is redacted wherever it appears. Built only when a message is."""
         path, _, query = path.partition("?")
-        keys = [k.split("=", 1)[0] for k in query.split("&") if k] + list(params or ())
-        shown = self._redact(path)
-        if keys:
-            shown += "?" + "&".join(f"{self._redact(str(k))}={_REDACTED}" for k in keys)
-        return shown
+        pairs: list[str] = []
+        for part in query.split("&"):
+            if part:
+                key, has_value, _value = part.partition("=")
+                # the path's own query arrives encoded: judge the key by its decoded name
+                hide = has_value and _names_a_credential(unquote_plus(key))
+                pairs.append(f"{key}={_REDACTED}" if hide else part)
+        for key, value in (params or {}).items():
+            pairs.append(f"{key}={_REDACTED if _names_a_credential(str(key)) else value}")
+        return self._redact(f"{path}?{'&'.join(pairs)}" if pairs else path)

@@ -272,8 +272,43 @@ async def test_invalid_json_raises_protocol_error_naming_the_request(server: Scr
         resp = await http.request("GET", "/html", params={"cursor": "abc"})
     with pytest.raises(ProtocolError) as info:
         resp.json()
-    assert "GET /html?cursor=***" in str(info.value)
+    assert "GET /html?cursor=abc" in str(info.value)  # a cursor is no secret, and it helps to find the page
     assert EXTRA_SECRET not in info.value.body_excerpt and "<html>oops ***" in info.value.body_excerpt
+
+
+# ---------------------------------------------------------------- what error messages show of a query
+
+
+@pytest.mark.parametrize("how", ["params", "path"])
+async def test_query_values_that_are_not_secrets_are_shown_in_errors(server: ScriptedServer, how: str) -> None:
+    server.script("/user", reply(404, "no such page"))
+    async with client(server) as http:
+        with pytest.raises(HttpError) as info:
+            if how == "params":
+                await http.request("GET", "/user", params={"activeValue": "all", "startIndex": 100})
+            else:
+                await http.request("GET", "/user?activeValue=all&startIndex=100")
+    assert str(info.value) == "GET /user?activeValue=all&startIndex=100: HTTP 404: no such page"
+    assert info.value.path == "/user?activeValue=all&startIndex=100"
+
+
+async def test_values_under_credential_names_are_hidden_even_when_unknown_as_secrets(server: ScriptedServer) -> None:
+    server.script("/files", reply(404))
+    hidden = {
+        "token": "t-1", "accessToken": "t-2", "X-Amz-Signature": "t-3", "api_key": "t-4", "APIKey": "t-5",
+        "sig": "t-6", "code": "t-7", "client_secret": "t-8", "Password": "t-9", "auth": "t-10",
+    }  # fmt: skip
+    shown = {"author": "ada", "keyword": "safety", "design": "flat", "page": "3"}
+    async with client(server) as http:  # the client knows none of these values as secrets
+        with pytest.raises(HttpError) as info:
+            await http.request("GET", "/files?X-Amz-Credential=t-11", params=hidden | shown)
+    text = str(info.value)
+    assert "X-Amz-Credential=***" in text
+    for key in hidden:
+        assert f"{key}=***" in text
+    for key, value in shown.items():
+        assert f"{key}={value}" in text
+    assert "t-" not in text.replace("X-Amz-", "").replace("client_", "")
 
 
 # ---------------------------------------------------------------- Retry-After pauses the host

@@ -62,7 +62,20 @@ async def test_tokens_in_query_strings_are_redacted(tmp_path: Path) -> None:
             with pytest.raises(HttpError) as caught:
                 await client.request("GET", "/report", params={"token": secret, "page": "2"})
         text = f"{caught.value} {caught.value.path} {caught.value.body_excerpt} {caught.value!r}"
-        assert secret not in text and "token=" in text
+        assert secret not in text and "token=***" in text and "page=2" in text
+
+        # a secret under an innocent name, plain and URL-encoded, and a token the client never heard of
+        spaced = "tok 51/f0+c2"
+        async with HostClient(f"http://127.0.0.1:{port}", limits=HostLimits(rate=100), secrets=[spaced]) as client:
+            with pytest.raises(HttpError) as caught:
+                await client.request("GET", "/report?filter=tok%2051%2Ff0%2Bc2", params={"q": spaced, "page": "2"})
+            with pytest.raises(HttpError) as unknown:
+                await client.request("GET", "/report", params={"token": "never-told-1234", "page": "3"})
+        assert caught.value.path == "/report?filter=***&q=***&page=2"
+        text = f"{caught.value} {caught.value.body_excerpt}"
+        assert spaced not in text and "tok%2051%2Ff0%2Bc2" not in text and "tok+51%2Ff0%2Bc2" not in text
+        assert unknown.value.path == "/report?token=***&page=3"
+        assert "never-told-1234" not in f"{unknown.value} {unknown.value.body_excerpt}"
     finally:
         await runner.cleanup()
 
