@@ -363,6 +363,29 @@ async def test_the_plan_decides_how_an_undocumented_client_status_is_carried(tmp
     assert report["totals"]["dead_lettered"] == 0
 
 
+def test_after_choosing_a_status_the_dead_letters_are_re_driven(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The fix the message names works: set the option, `migrator dlq retry`, the user and its completion arrive once."""
+    from migrator.cli import main
+
+    d, c = tenant(status_tenant())
+    with d, c:
+        sims = Sims(d, c)
+        plan_path = write_plan(tmp_path, sims)
+        assert main(["run", str(plan_path), "--quiet"]) in (0, 1)  # finished; 1 once dead letters mean incomplete
+        assert "odd.status" not in sims.civica_state()["users"]
+
+        plan_path.write_text(plan_path.read_text().replace("[source.limits]", 'unknown_status = "inactive"\n[source.limits]', 1))
+        capsys.readouterr()
+        assert main(["dlq", "retry", str(plan_path), "--quiet"]) == 0, capsys.readouterr()
+        state = sims.civica_state()
+
+    records, letters = _ledger(tmp_path)
+    assert letters == {} and {st for st, _ in records.values()} == {"written"}
+    assert state["users"]["odd.status"][2] is False
+    assert sorted(a[0] for a in state["awards"]) == ["known.active", "not.current", "odd.status"]  # each once
+    assert state["set_user_calls"]["create"] == 3, state["set_user_calls"]  # each user created once
+
+
 async def test_fields_that_are_not_carried_are_reported_with_their_record_counts(tmp_path: Path) -> None:
     ref = lambda *ids: [{"id": i} for i in ids]  # noqa: E731
     rows: list[dict[str, Any]] = [
