@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from migrator.plan import PlanError
+from migrator.plan import PlanError, explain
 
 
 def mapping_for(source: str, target: str, options: dict[str, Any]) -> Any:
@@ -17,5 +17,4 @@ def mapping_for(source: str, target: str, options: dict[str, Any]) -> Any:
     try:
         return DamstraToCivica(msgspec.convert(options, Options))
     except msgspec.ValidationError as exc:
-        text = str(exc).replace("$.", "mapping.").replace("`$`", "`mapping`")
-        raise PlanError(f"plan key `mapping`: {text}") from None
+        raise PlanError(explain(exc, root=Options, prefix=["mapping"], raw=options)) from None

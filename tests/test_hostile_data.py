@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 
 from migrator import api
@@ -280,3 +281,172 @@ async def test_ids_travel_as_one_encoded_segment_and_reach_only_their_route() ->
                 assert raw_path.split("?")[0] == f"/api/v2/user/{seg}/lesson_schedule", (value, raw_path)
                 assert match == {"user_id": value}, (value, match)  # decoded back to exactly the id
                 assert query == {"status": value}, (value, query)  # query values cannot escape either
+
+
+# ------------------------------------------------------------------------------- quiet fidelity choices
+UNKNOWN_STATUS_MESSAGE = (
+    "clientStatusId 99 is not a status Damstra documents (56 Active, 57 Not Current); set"
+    ' source.unknown_status = "active" or "inactive" to carry such users'
+)
+
+
+def status_tenant() -> list[dict[str, Any]]:
+    """Three users: Active, Not Current and a status the doc does not define, each with one completion.
+
+    The odd one says `active: true`: a guess from that flag would carry it as active without a word."""
+    group = {"kind": "group", "id": 1, "name": "Crew", "description": "", "clientId": 1}
+    return [
+        group,
+        user(201, "known.active", groups=[{"id": 1}]),
+        user(202, "odd.status", clientStatusId=99, active=True, groups=[{"id": 1}]),
+        user(203, "not.current", clientStatusId=57, active=False, groups=[{"id": 1}]),
+        sched(6001, 201, 101, "2022-01-02T03:04:05Z"),
+        sched(6002, 202, 102, "2022-01-02T03:04:05Z"),
+        sched(6003, 203, 103, "2022-01-02T03:04:05Z"),
+    ]
+
+
+def tenant(rows: list[dict[str, Any]]) -> tuple[RunningSim, RunningSim]:
+    return (RunningSim(DamstraSimulator(access_key=DAMSTRA_KEY, data=rows)),
+            RunningSim(CivicaSimulator(api_key=CIVICA_KEY, status_delay=0.02)))
+
+
+async def migrate(tmp_path: Path, sims: Sims, source_option: str = "") -> dict[str, Any]:
+    plan_path = write_plan(tmp_path, sims)
+    if source_option:
+        plan_path.write_text(plan_path.read_text().replace("[source.limits]", f"{source_option}\n[source.limits]", 1))
+    return await api.run(load_plan(plan_path))
+
+
+async def test_an_undocumented_client_status_is_dead_lettered_naming_the_value_and_the_option(tmp_path: Path) -> None:
+    d, c = tenant(status_tenant())
+    with d, c:
+        sims = Sims(d, c)
+        report = await migrate(tmp_path, sims)
+        state = sims.civica_state()
+    records, letters = _ledger(tmp_path)
+
+    assert records[("users", "202")][0] == "dead"
+    cls, message, _status, payload = letters[("users", "202")]
+    assert (cls, message) == ("unknown_value", UNKNOWN_STATUS_MESSAGE)
+    assert payload  # the native record is kept, to re-drive after choosing
+    # its completion cannot be awarded without it: dead as missing_dependency, as for any dead parent
+    assert records[("certificates", "6002")][0] == "dead"
+    assert letters[("certificates", "6002")][0] == "missing_dependency"
+    assert set(letters) == {("users", "202"), ("certificates", "6002")}
+
+    # the documented statuses are carried as they are; the odd user is not in Civica at all
+    assert {name: active for name, (_p, _g, active) in state["users"].items()} == {
+        "known.active": True, "not.current": False
+    }
+    assert sorted(a[0] for a in state["awards"]) == ["known.active", "not.current"]
+    assert report["streams"]["users"]["dead_lettered"] == 1
+    assert report["streams"]["certificates"]["dead_lettered"] == 1
+
+
+@pytest.mark.parametrize("choice", ["active", "inactive"])
+async def test_the_plan_decides_how_an_undocumented_client_status_is_carried(tmp_path: Path, choice: str) -> None:
+    d, c = tenant(status_tenant())
+    with d, c:
+        sims = Sims(d, c)
+        report = await migrate(tmp_path, sims, f'unknown_status = "{choice}"')
+        state = sims.civica_state()
+    records, letters = _ledger(tmp_path)
+
+    assert letters == {}
+    assert records[("users", "202")][0] == "written"
+    profile, groups, active = state["users"]["odd.status"]
+    assert (profile["forename"], groups, active) == ("Ann", {"Crew"}, choice == "active")
+    # the documented ones do not follow the option
+    assert state["users"]["known.active"][2] is True and state["users"]["not.current"][2] is False
+    assert sorted(a[0] for a in state["awards"]) == ["known.active", "not.current", "odd.status"]
+    assert report["totals"]["dead_lettered"] == 0
+
+
+def test_after_choosing_a_status_the_dead_letters_are_re_driven(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The fix the message names works: set the option, `migrator dlq retry`, the user and its completion arrive once."""
+    from migrator.cli import main
+
+    d, c = tenant(status_tenant())
+    with d, c:
+        sims = Sims(d, c)
+        plan_path = write_plan(tmp_path, sims)
+        assert main(["run", str(plan_path), "--quiet"]) in (0, 1)  # finished; 1 once dead letters mean incomplete
+        assert "odd.status" not in sims.civica_state()["users"]
+
+        plan_path.write_text(plan_path.read_text().replace("[source.limits]", 'unknown_status = "inactive"\n[source.limits]', 1))
+        capsys.readouterr()
+        assert main(["dlq", "retry", str(plan_path), "--quiet"]) == 0, capsys.readouterr()
+        state = sims.civica_state()
+
+    records, letters = _ledger(tmp_path)
+    assert letters == {} and {st for st, _ in records.values()} == {"written"}
+    assert state["users"]["odd.status"][2] is False
+    assert sorted(a[0] for a in state["awards"]) == ["known.active", "not.current", "odd.status"]  # each once
+    assert state["set_user_calls"]["create"] == 3, state["set_user_calls"]  # each user created once
+
+
+async def test_fields_that_are_not_carried_are_reported_with_their_record_counts(tmp_path: Path) -> None:
+    ref = lambda *ids: [{"id": i} for i in ids]  # noqa: E731
+    rows: list[dict[str, Any]] = [
+        {"kind": "group", "id": 1, "name": "Crew", "description": "", "clientId": 1},
+        {"kind": "group", "id": 2, "name": "Office", "description": "", "clientId": 1},
+        # trainees: their roles are dropped too (the user model has none), nothing supervised
+        user(301, "trainee.a", roles=[6], groupsSupervised=[], groups=ref(1)),
+        user(302, "trainee.b", roles=[6], groups=ref(1)),
+        # supervisors
+        user(303, "super.a", roles=[5, 6], groupsSupervised=ref(1), groups=ref(1)),
+        user(304, "super.b", roles=[5], groupsSupervised=ref(1, 2), groups=ref(2)),
+        # nothing to lose: no roles field, empty roles
+        user(305, "plain.a"),
+        user(306, "plain.b", roles=[], groupsSupervised=[]),
+        # dead-lettered (Civica needs a surname): never carried, so nothing of it is counted as lost
+        user(307, "super.dead", last="", roles=[5, 6], groupsSupervised=ref(2)),
+        # completions: one recorded by the trainee, one by an admin on her behalf, one with no recorder
+        {**sched(7001, 301, 101, "2021-01-01T00:00:00Z"), "lessonCompletedBy": 301},
+        {**sched(7002, 303, 101, "2021-01-01T00:00:00Z"), "lessonCompletedBy": 999},
+        sched(7003, 305, 101, "2021-01-01T00:00:00Z"),
+    ]
+    d, c = tenant(rows)
+    with d, c:
+        sims = Sims(d, c)
+        report = await migrate(tmp_path, sims)
+        state = sims.civica_state()
+
+    assert set(state["users"]) == {"trainee.a", "trainee.b", "super.a", "super.b", "plain.a", "plain.b"}
+    lost = {(loss["stream"], loss["field"]): loss for loss in report["fidelity_losses"]}
+    assert lost[("users", "roles")]["records"] == 4
+    assert lost[("users", "groupsSupervised")]["records"] == 2
+    assert lost[("certificates", "lessonCompletedBy")]["records"] == 1
+    assert "roles" in lost[("users", "roles")]["reason"]
+    assert "supervise" in lost[("users", "groupsSupervised")]["reason"]
+    assert "behalf" in lost[("certificates", "lessonCompletedBy")]["reason"]
+
+
+@pytest.mark.parametrize(
+    "sims", [{"damstra": {"records": 200, "seed": 3, "unknown_status_share": 0.05}}], indirect=True
+)
+async def test_generated_supervisors_and_unknown_statuses_are_accounted_for(sims: Sims, tmp_path: Path) -> None:
+    """The simulator's generator, at its option: every undocumented status dead-lettered with its
+    completions, every carried supervisor counted as a loss."""
+    data = sims.damstra.sim.data
+    generated = [data.user(i) for i in range(len(data))]
+    odd = {str(u["id"]) for u in generated if u["clientStatusId"] == 99}
+    supervisors = {str(u["id"]) for u in generated if u["groupsSupervised"]}
+    assert odd and supervisors - odd  # the seed gives both, and some supervisors are carried
+
+    report = await api.run(load_plan(write_plan(tmp_path, sims)))
+    records, letters = _ledger(tmp_path)
+
+    dead_users = {sid for (stream, sid), (st, _) in records.items() if stream == "users" and st == "dead"}
+    assert dead_users == odd
+    assert all(letters[("users", sid)][:2] == ("unknown_value", UNKNOWN_STATUS_MESSAGE)
+               for sid in odd)
+    dead_certs = [v for (stream, _), v in letters.items() if stream == "certificates"]
+    assert dead_certs and all(cls == "missing_dependency" for cls, *_ in dead_certs)
+
+    carried = {str(u["id"]) for u in generated} - odd
+    lost = {(loss["stream"], loss["field"]): loss["records"] for loss in report["fidelity_losses"]}
+    assert lost[("users", "roles")] == len(carried)  # every generated user holds a role
+    assert lost[("users", "groupsSupervised")] == len(supervisors - odd)
+    assert set(sims.civica_state()["users"]) == {u["userName"] for u in generated if str(u["id"]) in carried}

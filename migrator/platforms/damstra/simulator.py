@@ -21,6 +21,9 @@ from migrator.simulate.faults import FaultSpec
 
 BASE = "/api/v2"
 ACTIVE_STATUS, INACTIVE_STATUS = 56, 57
+UNKNOWN_STATUS = 99  # a clientStatusId the doc does not define (only with unknown_status_share)
+SUPERVISOR_ROLE, TRAINEE_ROLE = 5, 6
+SUPERVISORS_PER_MILLE = 30  # generated users who supervise one group (and hold role 5 beside 6)
 # Only 94 (completed) is documented; the rest are the digest's invented ids.
 SCHEDULE_STATUS_IDS: dict[str, int] = {"scheduled": 90, "due": 91, "overdue": 92, "cancelled": 93, "completed": 94}
 SCHEDULE_FILTERS = ("all", *SCHEDULE_STATUS_IDS)
@@ -59,8 +62,9 @@ def _not_found(kind: str) -> web.Response:
 class _GeneratedData:
     """Users, groups, lessons and schedules as pure functions of (seed, index)."""
 
-    def __init__(self, records: int, seed: int, malformed: float, lessons: int) -> None:
+    def __init__(self, records: int, seed: int, malformed: float, lessons: int, unknown_status: float = 0.0) -> None:
         self.records, self.seed, self.malformed, self.lessons = records, seed, malformed, lessons
+        self.unknown_status = unknown_status
         self.group_count = max(3, records // 100)
         self.inactive = dg.SparseMarks(records, seed, "inactive")  # ~10% "Not Current"
         self._members: dict[int, array[int]] | None = None
@@ -97,10 +101,25 @@ class _GeneratedData:
         k = min(r.randrange(3), self.group_count)
         return sorted(r.sample(range(1, self.group_count + 1), k))
 
+    def supervised(self, i: int) -> list[int]:
+        """A few users supervise one group; a hash decides, so role filters need no full record."""
+        h = dg.mix(self.seed, "supervisor", i)
+        return [(h // 1000) % self.group_count + 1] if h % 1000 < SUPERVISORS_PER_MILLE else []
+
+    def roles(self, i: int) -> list[int]:
+        return [SUPERVISOR_ROLE, TRAINEE_ROLE] if self.supervised(i) else [TRAINEE_ROLE]
+
+    def status(self, i: int, active: bool) -> int:
+        # off by default: the demo and many tests count dead letters exactly
+        if self.unknown_status and dg.mix(self.seed, "status", i) < self.unknown_status * 2**64:
+            return UNKNOWN_STATUS
+        return ACTIVE_STATUS if active else INACTIVE_STATUS
+
     def user(self, i: int) -> dict[str, Any]:
         user_name, first, last = self.names(i)
         r = dg.rng(self.seed, "udetail", i)
         active = not self.inactive.is_marked(i)
+        supervised = self.supervised(i)
         emp_roll = r.random()
         employee: str | None = f"E{i:07d}" if emp_roll >= 0.1 else ("" if emp_roll < 0.05 else None)
         created = dg.rand_datetime(r, 2015, 2020)
@@ -118,10 +137,10 @@ class _GeneratedData:
             "lastLoggedInDate": dg.fmt_millis_z(last_login) if last_login else None,
             "active": active,
             "employeeNumber": employee,
-            "clientStatusId": ACTIVE_STATUS if active else INACTIVE_STATUS,
+            "clientStatusId": self.status(i, active),
             "groups": [{"id": g} for g in self.group_ids(i)],
-            "groupsSupervised": [],
-            "roles": [6],
+            "groupsSupervised": [{"id": g} for g in supervised],
+            "roles": [SUPERVISOR_ROLE, TRAINEE_ROLE] if supervised else [TRAINEE_ROLE],
             "clientId": 1,
             "timeZone": r.choice(dg.TIMEZONES),
             "id": 1000 + i,
@@ -142,7 +161,7 @@ class _GeneratedData:
         return any(q in (s or "").lower() for s in self.names(i))
 
     def has_role(self, i: int, role: int) -> bool:
-        return role == 6
+        return role in self.roles(i)
 
     # -- groups ----------------------------------------------------------------
     def group_list(self) -> Sequence[int]:
@@ -406,17 +425,22 @@ class DamstraSimulator(SimulatorBase):
         page_default: int = 20,
         page_cap: int = 100,
         malformed: float = 0.0,
+        unknown_status_share: float = 0.0,
         lessons: int = 20,
         on_served: Callable[[web.Request, web.StreamResponse], None] | None = None,
     ) -> None:
         super().__init__(rate=rate, burst=burst, retry_after=retry_after, faults=faults, on_served=on_served)
         if records < 0 or lessons < 0 or not 0.0 <= malformed <= 1.0 or not 1 <= page_default <= page_cap:
             raise ValueError("invalid DamstraSimulator configuration")
+        if not 0.0 <= unknown_status_share <= 1.0:
+            raise ValueError("unknown_status_share must be between 0 and 1")
         self.access_key = access_key
         self.revoked: set[str] = set()  # keys rotated away: refused before anything else, rate included
         self.page_default, self.page_cap = page_default, page_cap
         self.data: _GeneratedData | _LoadedData = (
-            _LoadedData(data) if data is not None else _GeneratedData(records, seed, malformed, lessons)
+            _LoadedData(data)
+            if data is not None
+            else _GeneratedData(records, seed, malformed, lessons, unknown_status_share)
         )
         self._q_cache: dict[tuple[str, str], array[int]] = {}
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
 import msgspec
 
-from migrator.connectors import Page, SourceStream, segment
+from migrator.connectors import Loss, Page, SourceStream, segment
 from migrator.http import HostClient, HostLimits, RequestStats
 from migrator.model import Certificate, Group, RecordError, User
 from migrator.platforms.damstra.config import DamstraSource
 from migrator.platforms.damstra.schema import (
+    ACTIVE,
     NOT_CURRENT,
     DamstraGroup,
     DamstraUser,
@@ -105,22 +106,56 @@ class DamstraGroups(SourceStream):
         )
 
 
+# Native fields the canonical model has no place for. losses() runs once per record on the hot
+# path, so the answers are built once and shared.
+NO_LOSS: tuple[Loss, ...] = ()
+ROLES_LOSS = Loss("roles", "Damstra roles (trainee, supervisor, admin, ...) are not carried; set them in the target")
+SUPERVISED_LOSS = Loss(
+    "groupsSupervised", "the groups a user supervises are not carried (memberships are); set supervisors in the target"
+)
+USER_LOSSES: dict[tuple[bool, bool], tuple[Loss, ...]] = {
+    (False, False): NO_LOSS,
+    (True, False): (ROLES_LOSS,),
+    (False, True): (SUPERVISED_LOSS,),
+    (True, True): (ROLES_LOSS, SUPERVISED_LOSS),
+}
+COMPLETED_BY_LOSS = Loss(
+    "lessonCompletedBy", "completed on the trainee's behalf by another user; who recorded it is not carried"
+)
+STATUS_NAMES = {ACTIVE: "Active", NOT_CURRENT: "Not Current"}
+
+
 class DamstraUsers(SourceStream):
     name = "users"
 
     def __init__(self, client: HostClient, cfg: DamstraSource):
         # activeValue defaults to "active": a full export must ask for all
         self.listing = _OffsetListing(client, "/user", cfg.page_size, {"activeValue": "all"})
+        self.unknown_status = cfg.unknown_status
 
     async def pages(self, cursor: str | None, stats: RequestStats) -> AsyncIterator[Page]:
         async for rows, after, total in self.listing.pages(cursor, stats):
             yield Page([(str(r.get("id")), r) for r in rows], str(after), total)
 
+    def _active(self, u: DamstraUser) -> bool:
+        status = u.clientStatusId
+        if status is None:
+            return u.active is not False  # no status: the `active` flag (the doc's example carries both)
+        if status in STATUS_NAMES:
+            return status != NOT_CURRENT
+        if self.unknown_status == "dead_letter":
+            documented = ", ".join(f"{code} {name}" for code, name in STATUS_NAMES.items())
+            raise RecordError(
+                "unknown_value",
+                f"clientStatusId {status} is not a status Damstra documents ({documented}); set"
+                ' source.unknown_status = "active" or "inactive" to carry such users',
+            )
+        return self.unknown_status == "active"
+
     def decode(self, native: Any) -> User:
         u = _convert(native, DamstraUser)
         if not _text(u.userName):
             raise RecordError("missing_field", "userName is empty: the user has no login name to carry")
-        active = u.clientStatusId != NOT_CURRENT if u.clientStatusId is not None else u.active is not False
         return User(
             source_id=str(u.id),
             username=u.userName or "",
@@ -131,9 +166,12 @@ class DamstraUsers(SourceStream):
             phone=_text(u.phoneNumber),
             mobile=_text(u.mobileNumber),
             timezone=_text(u.timeZone),
-            active=active,
+            active=self._active(u),
             group_ids=[str(g.id) for g in u.groups or []],
         )
+
+    def losses(self, native: Any) -> Sequence[Loss]:
+        return USER_LOSSES[(bool(native.get("roles")), bool(native.get("groupsSupervised")))]
 
 
 class DamstraCompletions(SourceStream):
@@ -179,6 +217,10 @@ class DamstraCompletions(SourceStream):
                         tg.start_soon(self._fetch_gated, gate, user["id"], stats, found)
             found.sort(key=lambda pair: pair[0])
             yield Page(found, str(after), None)
+
+    def losses(self, native: Any) -> Sequence[Loss]:
+        by = native.get("lessonCompletedBy")
+        return NO_LOSS if by is None or by == native.get("userId") else (COMPLETED_BY_LOSS,)
 
     def decode(self, native: Any) -> Certificate:
         s = _convert(native, LessonScheduleItem)
