@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import signal
+import sqlite3
 import sys
+import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STOPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 1
 def _fail(message: str, code: int) -> int:
     print(f"migrator: error: {message}", file=sys.stderr)
     return code
+
+
+def _quoted(path: str | Path) -> str:
+    """A path as it must be typed in a shell command we suggest."""
+    return shlex.quote(str(path))
 
 
 def _write_report(report: dict[str, Any], path: str | None) -> None:
@@ -92,36 +101,166 @@ async def _signals(stop: anyio.Event, everything: anyio.CancelScope) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from migrator.api import credentials_refused
+    from migrator.http import AuthError
     from migrator.plan import load_plan
-    from migrator.report import human_summary
-    from migrator.verify import verify
+    from migrator.report import verify_summary
+    from migrator.verify import SAMPLES, verify
 
     plan = load_plan(args.plan)
-    result = aio.run(verify, plan)
+    # the report holds every difference; the terminal shows the first few of each kind
+    samples = None if args.report else SAMPLES
+    try:
+        try:
+            result = aio.run(lambda: verify(plan, samples=samples))
+        except BaseExceptionGroup as group:
+            raise _sole(group) from None
+    except AuthError as err:
+        then = f"Verify only reads, nothing was changed: fix the plan and run `migrator verify {_quoted(args.plan)}` again"
+        raise credentials_refused(err, plan, plan.source.platform, then=then) from None
     _write_report({"verify": result}, args.report)
-    print(human_summary({"streams": {}, "totals": _empty_totals(), "fidelity_losses": [], "verify": result}).split("\n", 3)[-1])
+    full_list = (
+        f"full list in {args.report}" if args.report
+        else f"for the full list: migrator verify {_quoted(args.plan)} --report verify.json"
+    )
+    print(verify_summary(result, full_list))
     return EXIT_OK if result["ok"] else EXIT_FAILED
 
 
-def _empty_totals() -> dict[str, Any]:
-    return {k: 0 for k in ("read", "written", "skipped", "dead_lettered", "requests", "retried", "rate_limited",
-                           "records_per_second", "seconds")}
+# ---- ledgers named on the command line ------------------------------------------------------------
+LEDGER_TABLES = frozenset({"meta", "runs", "cursors", "records", "dead_letters"})
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _ledger_problem(path: Path, how_to_fix: str, command: str | None = None) -> str | None:
+    """Why `path` is not a migrator ledger (one line, with what to do), or None if it is one.
+    `command`: the command that was given the path (e.g. `migrator status`), to suggest the right file.
+
+    Looked at read-only: opening a file as a Ledger would add our tables to someone else's database.
+    """
+    if not path.exists():
+        return f"no ledger at {path}; {how_to_fix}"
+    if path.is_dir():
+        return f"{path} is a directory, not a migrator ledger; {how_to_fix}"
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        return f"cannot read the ledger {path}: {exc.strerror}"
+    if header != SQLITE_HEADER:
+        plan_ledger = _ledger_named_by_plan(path) if command else None
+        if plan_ledger is not None:
+            return f"{path} is a plan, not a ledger; for the ledger it names: {command} {_quoted(plan_ledger)}"
+        return f"{path} is not a migrator ledger (not an SQLite file); {how_to_fix}"
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return f"{path} is not a readable migrator ledger ({exc}); {how_to_fix}"
+    if not LEDGER_TABLES <= tables:
+        return f"{path} is an SQLite file but not a migrator ledger (it lacks the ledger's tables); {how_to_fix}"
+    return None
+
+
+def _ledger_named_by_plan(path: Path) -> Path | None:
+    """A plan given where a ledger belongs: the ledger it names, resolved as the plan resolves it."""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    if not {"source", "target"} <= doc.keys():
+        return None
+    import msgspec
+
+    from migrator.plan import Plan
+
+    default = next(f.default for f in msgspec.structs.fields(Plan) if f.name == "ledger")
+    ledger = Path(str(doc.get("ledger", default)))
+    return ledger if ledger.is_absolute() else path.parent / ledger
+
+
+LEDGER_HINT = "check the path: a ledger is the `ledger` file a plan names, written by `migrator run PLAN`"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from migrator import api
 
-    print(orjson.dumps(api.status(args.ledger), option=orjson.OPT_INDENT_2).decode())
+    ledger = Path(args.ledger)
+    problem = _ledger_problem(ledger, LEDGER_HINT, "migrator status")
+    if problem:
+        return _fail(problem, EXIT_USAGE)
+    status = api.status(ledger)
+    if args.json:
+        print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render_status(status, ledger))
     return EXIT_OK
+
+
+def _local_time(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
+
+
+def render_status(status: dict[str, Any], ledger: Path) -> str:
+    """The ledger for a person: records per stream and state, each source read to the end or not,
+    the runs in local time, and the dead letters with the command that lists them."""
+    counts: dict[str, dict[str, int]] = status["streams"]
+    cursors: dict[str, dict[str, Any]] = status["cursors"]
+    names = list(cursors) + [name for name in counts if name not in cursors]
+    lines = [f"ledger {ledger}", ""]
+    head = ("stream", "read", "written", "skipped", "dead", "pending", "in flight", "source")
+    lines.append(f"{head[0]:<14}" + "".join(f"{h:>10}" for h in head[1:7]) + f"  {head[7]}")
+    for name in names:
+        c = counts.get(name, {})
+        cursor = cursors.get(name, {})
+        if cursor.get("done"):
+            source = "read to the end"
+        elif cursor.get("cursor") is not None:
+            source = "partly read"
+        else:
+            source = "not read yet" if not c else "partly read"
+        if cursor.get("total") is not None:
+            source += f" (source reports {cursor['total']:,})"
+        cells = (sum(c.values()), c.get("written", 0), c.get("skipped", 0), c.get("dead", 0), c.get("pending", 0),
+                 c.get("in_flight", 0))
+        lines.append(f"{name:<14}" + "".join(f"{n:>10,}" for n in cells) + f"  {source}")
+    if not names:
+        lines.append("(no records yet)")
+    lines += ["", "runs"]
+    for run in status["runs"]:
+        outcome = run["outcome"] or "did not finish (killed, or still running)"
+        lines.append(
+            f"  #{run['id']:<3} {run['mode'] or '-':<8} started {_local_time(run['started'])}"
+            f"  ended {_local_time(run['finished'])}  {outcome}"
+        )
+    if not status["runs"]:
+        lines.append("  (none)")
+    dead: dict[str, int] = status["dead_letters"]
+    lines.append("")
+    if dead:
+        lines.append(f"dead letters: {sum(dead.values()):,}")
+        for key, n in sorted(dead.items()):
+            stream, _, error_class = key.partition("/")
+            lines.append(f"  {stream:<14}{error_class:<24}{n:>8,}")
+        lines.append(f"to see them: migrator dlq list {_quoted(ledger)}")
+    else:
+        lines.append("dead letters: none")
+    return "\n".join(lines)
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
     from migrator import dlq
 
-    try:
-        groups = dlq.list_groups(args.ledger, samples=args.samples)
-    except FileNotFoundError:
-        return _fail(f"no ledger at {args.ledger}", EXIT_USAGE)
+    ledger = Path(args.ledger)
+    problem = _ledger_problem(ledger, LEDGER_HINT, "migrator dlq list")
+    if problem:
+        return _fail(problem, EXIT_USAGE)
+    groups = dlq.list_groups(ledger, samples=args.samples)
     if args.json:
         print(orjson.dumps(groups, option=orjson.OPT_INDENT_2).decode())
     else:
@@ -135,8 +274,12 @@ def cmd_dlq_retry(args: argparse.Namespace) -> int:
     from migrator.plan import load_plan
 
     plan = load_plan(args.plan)
-    if not plan.ledger_path.exists():
-        return _fail(f"no ledger at {plan.ledger_path}: nothing to retry", EXIT_USAGE)
+    problem = _ledger_problem(
+        plan.ledger_path,
+        f"nothing to retry: check `ledger` in {args.plan}, or run the migration first: migrator run {_quoted(args.plan)}",
+    )
+    if problem:
+        return _fail(problem, EXIT_USAGE)
     ledger = Ledger(plan.ledger_path)
     reopened = dlq.reopen(ledger, set(args.stream or []) or None, set(args.error_class or []) or None)
     ledger.close()
@@ -181,17 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="compare the source (through the mapping) with the target")
     p.add_argument("plan")
-    p.add_argument("--report", metavar="PATH", help="write the JSON verify result here")
+    p.add_argument("--report", metavar="PATH", help="write the JSON verify result here, with every difference")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("status", help="show what a ledger records: counts per state, cursors, runs")
-    p.add_argument("ledger")
+    p.add_argument("ledger", help="the ledger file a plan names (`ledger = ...`)")
+    p.add_argument("--json", action="store_true", help="the same as JSON (epoch timestamps)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("dlq", help="dead letters: list them grouped, or re-drive them after a fix")
     dlq_sub = p.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     q = dlq_sub.add_parser("list", help="dead letters grouped by stream, class and message")
-    q.add_argument("ledger")
+    q.add_argument("ledger", help="the ledger file a plan names (`ledger = ...`)")
     q.add_argument("--samples", type=int, default=3, help="example records per group")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_dlq_list)
@@ -206,7 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--verbose", "-v", action="store_true")
     q.set_defaults(func=cmd_dlq_retry)
 
-    p = sub.add_parser("sim", help="serve a platform simulator on 127.0.0.1")
+    from migrator.simcli import SIM_EPILOG
+
+    p = sub.add_parser(
+        "sim", help="serve a platform simulator on 127.0.0.1", epilog=SIM_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve a simulator of a platform's API on 127.0.0.1, for trying plans: same paths, auth,"
+        " paging, envelopes, status codes and error bodies as the vendor's document.",
+    )
     p.add_argument("platform", choices=["damstra", "civica"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--records", type=int, default=1000, help="generated users (source simulators)")
@@ -225,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="civica: share of SetUsers that stay pending for a long while, then fail")
     p.add_argument("--retry-after", choices=["seconds", "date", "none"], default="seconds",
                    help="the form of Retry-After on a 429")
-    p.add_argument("--key", help="the credential the simulator accepts (default: the demo key)")
+    p.add_argument("--key", help="the key the simulator accepts (default: damstra-demo-key / civica-demo-key)")
+    p.add_argument("--scope", help="civica: the portal domain it accepts as Basic-auth user name"
+                   " (default: demo.learning-admin.com)")
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("demo", help="migrate between two embedded simulators, then verify")

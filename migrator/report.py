@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+import orjson
+
 from migrator.http import RequestStats
 from migrator.ledger import DEAD, IN_FLIGHT, PENDING, SKIPPED, WRITTEN, Ledger
 
@@ -117,16 +119,7 @@ def human_summary(report: dict[str, Any]) -> str:
     if "dry_run" in report:
         lines.extend(_dry_run_lines(report))
     if "verify" in report:
-        v = report["verify"]
-        lines.append("verify: " + ("OK, target matches source" if v["ok"] else "MISMATCH (see report)"))
-        for name, s in v["streams"].items():
-            if "note" in s and "expected" not in s:
-                lines.append(f"  {name}: {s['note']}")
-            else:
-                lines.append(
-                    f"  {name}: expected {s['expected']}, in target {s['actual']}, missing {s['missing']},"
-                    f" extra {s['extra']}, field mismatches {s['mismatched']}"
-                )
+        lines.append(verify_summary(report["verify"]))
     lines.extend(_ending_lines(report))
     return "\n".join(lines)
 
@@ -175,3 +168,48 @@ def _ending_lines(report: dict[str, Any]) -> list[str]:
             f"dead letters: {dead} record{'s' * (dead != 1)} not carried; see why with: migrator dlq list {shlex.quote(ledger)}"
         )
     return lines
+
+
+VERIFY_SHOWN = 5  # differences of each kind per stream printed; the JSON report holds the rest
+
+
+def verify_summary(result: dict[str, Any], full_list: str | None = None) -> str:
+    """Verify's outcome for a person: counts per stream, the first few differences of each kind
+    (missing keys, extra keys, fields with both values) and `full_list`: where the rest is."""
+    lines = ["verify: " + ("OK, target matches source" if result["ok"] else "DIFFERENCES between source and target")]
+    for name, s in result["streams"].items():
+        if "note" in s and "expected" not in s:
+            lines.append(f"  {name}: {s['note']}")
+            continue
+        lines.append(
+            f"  {name}: expected {s['expected']}, in target {s['actual']}, missing {s['missing']},"
+            f" extra {s['extra']}, field mismatches {s['mismatched']}"
+        )
+        for label, keys, total in (
+            ("missing from the target", s.get("missing_samples", []), s["missing"]),
+            ("in the target, not in the source", s.get("extra_samples", []), s["extra"]),
+        ):
+            if keys:
+                lines.append(f"    {label}: {', '.join(map(str, keys[:VERIFY_SHOWN]))}{_more(total, VERIFY_SHOWN)}")
+        mismatches = s.get("mismatch_samples", [])
+        for sample in mismatches[:VERIFY_SHOWN]:
+            fields = "; ".join(
+                f"{field} expected {_shown(v['expected'])}, target has {_shown(v['actual'])}"
+                for field, v in sample["fields"].items()
+            )
+            lines.append(f"    differs {sample['key']}: {fields}")
+        if mismatches and s["mismatched"] > VERIFY_SHOWN:
+            lines.append(f"    ... and {s['mismatched'] - VERIFY_SHOWN} more records with field mismatches")
+    if not result["ok"] and full_list:
+        lines.append(full_list)
+    return "\n".join(lines)
+
+
+def _more(total: int, shown: int) -> str:
+    return f" (and {total - shown} more)" if total > shown else ""
+
+
+def _shown(value: Any) -> str:
+    """A field value as JSON (strings quoted, null for absent), cut short when long."""
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 80 else text[:77] + "..."

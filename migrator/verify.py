@@ -24,7 +24,8 @@ from migrator.platforms.registry import open_source, open_target
 SAMPLES = 20
 
 
-async def verify(plan: Plan) -> dict[str, Any]:
+async def verify(plan: Plan, *, samples: int | None = SAMPLES) -> dict[str, Any]:
+    """Compare; each stream lists up to `samples` missing keys, extra keys and mismatches (None: all)."""
     mapping = mapping_for(plan.source.platform, plan.target.platform, plan.mapping)
     streams = selected_streams(plan, mapping)
     secrets = plan.secrets()
@@ -85,14 +86,18 @@ async def verify(plan: Plan) -> dict[str, Any]:
                         )
         result: dict[str, Any] = {"ok": True, "streams": {}, "requests": stats.requests}
         for name in streams:
-            result["streams"][name] = entry = _compare(db, name, target.streams[name], excluded.get(name, {}))
+            result["streams"][name] = entry = _compare(
+                db, name, target.streams[name], excluded.get(name, {}), samples
+            )
             if entry.get("missing") or entry.get("extra") or entry.get("mismatched"):
                 result["ok"] = False
         db.close()
     return result
 
 
-def _compare(db: sqlite3.Connection, name: str, tstream: TargetStream, excluded: dict[str, int]) -> dict[str, Any]:
+def _compare(
+    db: sqlite3.Connection, name: str, tstream: TargetStream, excluded: dict[str, int], samples: int | None
+) -> dict[str, Any]:
     note = getattr(tstream, "verify_note", None)
     entry: dict[str, Any] = {"excluded_by_mapping": excluded}
     if note:
@@ -115,9 +120,9 @@ def _compare(db: sqlite3.Connection, name: str, tstream: TargetStream, excluded:
     ).fetchall()
     entry["missing"] = sum(n for _, n in missing)
     entry["extra"] = sum(n for _, n in extra)
-    entry["missing_samples"] = [k for k, _ in missing[:SAMPLES]]
-    entry["extra_samples"] = [k for k, _ in extra[:SAMPLES]]
-    mismatched, samples = 0, []
+    entry["missing_samples"] = [k for k, _ in missing[:samples]]
+    entry["extra_samples"] = [k for k, _ in extra[:samples]]
+    mismatched, shown = 0, []
     rows = db.execute(
         "SELECT e.key, e.fields, a.fields FROM expected e JOIN actual a ON a.stream = e.stream AND a.key = e.key "
         "WHERE e.stream = ? AND e.fields != a.fields",
@@ -128,8 +133,8 @@ def _compare(db: sqlite3.Connection, name: str, tstream: TargetStream, excluded:
         fields = sorted(f for f, v in want.items() if got.get(f) != v)
         if fields:
             mismatched += 1
-            if len(samples) < SAMPLES:
-                samples.append({"key": key, "fields": {f: {"expected": want[f], "actual": got.get(f)} for f in fields}})
+            if samples is None or len(shown) < samples:
+                shown.append({"key": key, "fields": {f: {"expected": want[f], "actual": got.get(f)} for f in fields}})
     entry["mismatched"] = mismatched
-    entry["mismatch_samples"] = samples
+    entry["mismatch_samples"] = shown
     return entry
