@@ -376,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="civica: share of SetUsers that stay pending for a long while, then fail")
     p.add_argument("--retry-after", choices=["seconds", "date", "none"], default="seconds",
                    help="the form of Retry-After on a 429")
+    p.add_argument("--usernames-ignore-case", action="store_true",
+                   help="civica: `Ann` and `ann` are one user (Civica's doc does not say; the default keeps them apart)")
     p.add_argument("--key", help="the key the simulator accepts (default: damstra-demo-key / civica-demo-key)")
     p.add_argument("--scope", help="civica: the portal domain it accepts as Basic-auth user name"
                    " (default: demo.learning-admin.com)")

@@ -60,7 +60,8 @@ def build_simulator(args: argparse.Namespace) -> Any:
         return DamstraSimulator(records=args.records, access_key=args.key or DAMSTRA_KEY, **common)
     from migrator.platforms.civica.simulator import CivicaSimulator
 
-    civica = {"status_delay": args.status_delay, "status_fail": args.status_fail, "status_stuck": args.status_stuck}
+    civica = {"status_delay": args.status_delay, "status_fail": args.status_fail, "status_stuck": args.status_stuck,
+              "usernames_case_sensitive": not args.usernames_ignore_case}
     return CivicaSimulator(scope=args.scope or CIVICA_SCOPE, api_key=args.key or CIVICA_KEY, **civica, **common)
 
 
