@@ -30,6 +30,7 @@ def guarantee_plan(
     folder: Path,
     sims: Sims,
     *,
+    source_limits: str = "concurrency = 8",
     user_writers: int = 64,
     certificate_writers: int | None = 16,
     page_size: int | None = None,
@@ -38,7 +39,7 @@ def guarantee_plan(
     extra_certifications: str = "",
 ) -> Path:
     """write_plan() with the knobs these tests turn; certificate_writers=None disables that stream."""
-    path = write_plan(folder, sims, certifications=certifications)
+    path = write_plan(folder, sims, certifications=certifications, source_limits=source_limits)
     text = path.read_text()
     text = _swap(text, "[streams.users]\nwriters = 64\n", f"[streams.users]\nwriters = {user_writers}\n")
     certificates = "enabled = false" if certificate_writers is None else f"writers = {certificate_writers}"

@@ -42,7 +42,7 @@ def is_user_listing(request: Any) -> bool:
 
 @pytest.mark.parametrize("sims", [{"damstra": {"records": 40}, "civica": {"status_delay": 0.05}}], indirect=True)
 async def test_the_committed_cursor_never_passes_an_unsettled_record(sims: Sims, tmp_path: Path) -> None:
-    # mutant cursor-passes-unsettled. At every request Civica serves, the simulator reads the ledger
+    # mutant cursor-committed-when-mapped. At every request Civica serves, the simulator reads the ledger
     # file as a freshly resumed run would: every user before the committed cursor must be settled,
     # or that resume would never read it again. Two slow writers keep the reader pages ahead.
     plan = load_plan(guarantee_plan(tmp_path, sims, page_size=5, user_writers=2, certificate_writers=None))
@@ -111,8 +111,11 @@ async def test_more_users_deleted_behind_the_cursor_than_the_overlap_lose_no_one
 async def test_the_reader_stays_a_few_pages_ahead_of_stuck_writers(sims: Sims, tmp_path: Path) -> None:
     # mutants unbounded-record-queue and unbounded-page-stream. Both writers wait on a status that
     # takes 30 s; meanwhile the reader may fill the bounded queues between it and them, and no more.
-    # Unbounded, it would read all 300 users (60 pages) in well under the half second we wait.
-    plan = load_plan(guarantee_plan(tmp_path, sims, page_size=10, user_writers=2, certificate_writers=None))
+    # Unbounded, it would read all 300 users (59 pages) in about the half second we wait.
+    plan = load_plan(guarantee_plan(
+        tmp_path, sims, source_limits='rate = "unlimited"\nconcurrency = 8', page_size=10, user_writers=2,
+        certificate_writers=None,
+    ))  # fmt: skip
     listing: list[float] = []
     sims.damstra.call(lambda: setattr(
         sims.damstra.sim, "on_served", lambda request, resp: listing.append(time.monotonic()) if is_user_listing(request) else None

@@ -86,7 +86,8 @@ async def test_an_award_leaves_only_once_its_intent_is_on_disk(sims: Sims, tmp_p
     report = await api.run(plan)
     assert report["run"]["outcome"] == "complete"
     assert len(seen) == report["streams"]["certificates"]["written"] == len(expected_state(sims.damstra.sim)["awards"])
-    assert [s for s in seen if s[1] != "in_flight"] == [], "awards sent before their intent was committed"
+    early = [s for s in seen if s[1] != "in_flight"]
+    assert early == [], f"{len(early)} of {len(seen)} awards were sent before their intent was committed: {early[:5]}"
 
 
 # ---------------------------------------------------------------- unknown outcomes are looked up first
