@@ -62,7 +62,7 @@ async def test_a_503_pause_holds_requests_already_queued_in_the_limiter() -> Non
 async def test_no_burst_follows_a_pause() -> None:
     # mutant pause-no-fresh-bucket. Rate 10/s with a bucket of 30: a bucket left to drain during the
     # pause would let 30 requests go the moment it ends. Emptied when the pause begins, it has earned
-    # only what the rate allows over the pause (0.3 s = 3 requests).
+    # only what the rate allows over the pause (0.3 s = 3 requests; the bound leaves room for a slow loop).
     async with LoopbackServer() as server:
         server.route("/first", scripted(answer(503, {"Retry-After": "0.3"}), answer(200)))
         http = HostClient(server.url, limits=limits(rate=10.0, burst=60), name="test")
@@ -78,7 +78,7 @@ async def test_no_burst_follows_a_pause() -> None:
     after = [t for t in server.times() if t > t503]
     assert after, "nothing was sent after the pause"
     burst = [t for t in after if t <= after[0] + 0.1]
-    assert len(burst) <= 8, f"{len(burst)} requests within 100 ms of the pause's end"
+    assert len(burst) <= 12, f"{len(burst)} requests within 100 ms of the pause's end"
 
 
 # ---------------------------------------------------------------- the adaptive rate climbs

@@ -189,7 +189,7 @@ async def test_resume_polls_the_stored_status_id_instead_of_creating_again(sims:
     # resumed run must poll those ids, not submit the creates again.
     plan = load_plan(guarantee_plan(tmp_path, sims, user_writers=4, certificate_writers=None))
     stop = anyio.Event()
-    run = asyncio.create_task(api.run(plan, stop=stop, grace=0.3))
+    run = asyncio.create_task(api.run(plan, stop=stop, grace=1.0))  # less than any status takes
     await stop_once(sims, lambda calls, _: calls.get("create", 0) >= 4, stop)
     assert (await run)["run"]["outcome"] == "stopped"
     left = ledger_rows(plan.ledger_path, "SELECT token FROM records WHERE stream = 'users' AND state = 'in_flight'")
