@@ -124,10 +124,13 @@ def anchor_problems(mutants: list[Mutant], root: Path, catalog: Path = CATALOG) 
 
 def repository_files(root: Path) -> list[str]:
     """Tracked files and new ones git would add (the tests being written count too), not ignored ones."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=root, capture_output=True, check=True,
-    ).stdout.decode()  # fmt: skip
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=root, capture_output=True, check=True,
+        ).stdout.decode()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as exc:
+        sys.exit(f"mutants: cannot list the repository's files with git ({exc}); run from a git checkout")
     return sorted({f for f in listed.split("\0") if f and (root / f).is_file()})
 
 
@@ -181,6 +184,11 @@ def run_pytest(dest: Path, tests: tuple[str, ...], timeout: float) -> tuple[int 
         os.killpg(proc.pid, signal.SIGKILL)  # the pytest we started and the CLI runs it started
         out, _ = proc.communicate()
         code = None
+    except BaseException:
+        # Ctrl-C reaches only us (the tests run in a session of their own): take them down too
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     return code, out, time.monotonic() - started
 
 
@@ -332,4 +340,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit("\nmutants: interrupted; nothing was written")
