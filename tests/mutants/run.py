@@ -64,7 +64,7 @@ class Mutant:
     breaks: str
     edits: tuple[Edit, ...]
     tests: tuple[str, ...]
-    equivalent: str | None = None  # why no test can tell it from the real code: listed, never run
+    equivalent: str | None = None  # why no test can tell it from the real code: run only with --equivalent
 
 
 @dataclass
