@@ -83,10 +83,9 @@ async def _collect_keys(target: Any, streams: list[str], ledger: Ledger, stats: 
         stream = target.streams[name]
         if not exportable(stream):
             continue
-        fold = (lambda k: k) if stream.keys_case_sensitive else str.casefold
         batch = []
         async for key, fields in stream.export(stats):
-            batch.append((name, fold(key), orjson.dumps(fields)))
+            batch.append((name, stream.fold_key(key), orjson.dumps(fields)))
             if len(batch) >= 1000:
                 ledger.db.executemany("INSERT OR IGNORE INTO target_keys VALUES (?, ?, ?)", batch)
                 batch.clear()
@@ -197,6 +196,12 @@ async def run(
 
             for name in streams:
                 cfg = plan.streams.get(name)
+                if cfg and cfg.existing is not None and not target.streams[name].checks_existing:
+                    raise PlanError(
+                        f"`streams.{name}.existing`: the {plan.target.platform} {name} stream cannot tell records"
+                        " that already existed apart on write (what it finds already there is settled, never"
+                        " sent twice); remove the key"
+                    )
                 runners.append(
                     StreamRunner(
                         name,
@@ -209,7 +214,7 @@ async def run(
                         progress,
                         limit,
                         dry_existing,
-                        existing=cfg.existing if cfg else "conflict",
+                        existing=(cfg.existing if cfg else None) or "conflict",
                         stop_after_same_failure=cfg.stop_after_same_failure if cfg else 20,
                     )
                 )

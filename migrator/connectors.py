@@ -52,6 +52,13 @@ class Encoded(NamedTuple):
     references: tuple[tuple[str, str], ...] = ()
 
 
+class Found(str):
+    """A target id `write` returns for a record the target held already, identical, before this
+    migration (it is ours to settle, but its non-idempotent children may be there too)."""
+
+    __slots__ = ()
+
+
 class WriteItem(msgspec.Struct, kw_only=True):
     stream: str
     source_id: str
@@ -92,6 +99,16 @@ class TargetStream:
 
     def encode(self, record: Any, parents: dict[Dep, str]) -> Encoded:
         raise NotImplementedError
+
+    def fold_key(self, key: str) -> str:
+        """A natural key as the target compares keys (the ledger and duplicate checks use this form)."""
+        return key if self.keys_case_sensitive else key.casefold()
+
+    def differences(self, encoded: Encoded, held: dict[str, Any]) -> list[str]:
+        """How what the target holds (`held`, as `export` yields it) differs from what writing
+        `encoded` would leave there; empty when identical. One rule for the run and the dry run."""
+        carried = self.carried(encoded)
+        return [f"{k}: {held.get(k)!r} in the target, {v!r} from the source" for k, v in carried.items() if held.get(k) != v]
 
     def natural_key(self, record: Any) -> str | None:
         """The target key when it follows from the record alone (no parents needed), so that of

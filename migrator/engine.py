@@ -1,8 +1,11 @@
 """The engine: every stream read, mapped and written concurrently, with each outcome in the ledger.
 
 Per stream:  reader ─► [pages] ─► mapper ─► [records] ─► N writers
-All streams run at once; a child record waits only for *its* parents' target ids (the Board), and
-a child whose parent was dead-lettered or skipped is dead-lettered as `missing_dependency`.
+All streams run at once; a child record waits only for *its* parents' target ids (the Board). A
+child whose parent was dead-lettered, or skipped by the mapping, is dead-lettered as
+`missing_dependency`; a parent the target already held (found identical, or skipped under
+`existing = "skip"`) keeps its children, and a non-idempotent child of it is looked up before it is
+sent, since it may be there already. A stream whose writes keep failing alike stops (SameFailureWatch).
 The source cursor advances only behind the low watermark of settled pages (PageTracker).
 """
 
@@ -19,10 +22,10 @@ import anyio
 import msgspec
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from migrator.connectors import Dep, Encoded, Loss, Mapped, Page, SourceStream, TargetStream, WriteItem
+from migrator.connectors import Dep, Encoded, Found, Loss, Mapped, Page, SourceStream, TargetStream, WriteItem
 from migrator.dlq import message_shape
 from migrator.http import AuthError, HostUnreachable, HttpError, RequestStats
-from migrator.ledger import DEAD, IN_FLIGHT, SETTLED, SKIPPED, WRITTEN, Ledger, RecordState
+from migrator.ledger import DEAD, FOUND, IN_FLIGHT, SETTLED, SKIPPED, WRITTEN, Ledger, RecordState
 from migrator.model import RecordError, Skip
 
 
@@ -68,11 +71,15 @@ class Board:
         self.stopped: set[str] = set()  # streams that stopped on a systematic failure
         self.halted = False
         self.known: dict[Dep, str] = {}  # written parents' target ids never change: remember a few
+        self.found: set[Dep] = set()  # those of `known` that the target held before this migration
 
-    def _remember(self, dep: Dep, target_id: str) -> str:
+    def _remember(self, dep: Dep, target_id: str, found: bool) -> str:
         if len(self.known) >= 50_000:
             self.known.clear()
+            self.found.clear()
         self.known[dep] = target_id
+        if found:
+            self.found.add(dep)
         return target_id
 
     def halt(self) -> None:
@@ -93,7 +100,7 @@ class Board:
             state = self.ledger.state(*dep)
             if state is not None and state.state in (WRITTEN, SKIPPED) and state.target_id is not None:
                 # a skipped parent with a target id exists in the target, left as it was there
-                return self._remember(dep, state.target_id)
+                return self._remember(dep, state.target_id, state.token == FOUND)
             if state is not None and state.state in (SKIPPED, DEAD):
                 raise MissingDependency(f"parent {dep[0]} {dep[1]} was {state.state.replace('dead', 'dead-lettered')}")
             if dep[0] in self.stopped:
@@ -193,9 +200,10 @@ class Failure(NamedTuple):
 
 
 class SameFailureWatch:
-    """Holds back the stream's first failed writes while they all fail alike (same class, same
-    message up to ids and quoted values). N of them in a row is a mistake in the plan, not N bad
-    records: the stream stops and they stay pending. Anything else releases them as dead letters."""
+    """Holds back a stream's failed writes while they keep failing alike (same class, same message
+    up to ids and quoted values). N of them in a row is a mistake in the plan (or a target that
+    refuses everything), not N bad records: the stream stops and they stay pending. A success or a
+    different failure releases them as ordinary dead letters, and the count starts again."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -214,6 +222,10 @@ class SameFailureWatch:
     @property
     def full(self) -> bool:
         return len(self.held) >= self.limit
+
+    def release(self) -> list[Failure]:
+        held, self.held, self.shape = self.held, [], None
+        return held
 
     def matches(self, failure: Failure) -> bool:
         return (failure.error_class, message_shape(failure.message)) == self.shape
@@ -240,7 +252,7 @@ class StreamRunner:
         self.ledger, self.board, self.writers, self.progress = ledger, board, writers, progress
         self.limit, self.dry_existing, self.existing = limit, dry_existing, existing
         # natural keys compared the way the target compares them (case-insensitively unless it says otherwise)
-        self.fold: Callable[[str], str] = _same if target.keys_case_sensitive else str.casefold
+        self.fold = target.fold_key
         self.watch = SameFailureWatch(stop_after_same_failure) if stop_after_same_failure and dry_existing is None else None
         self.stop_reason: str | None = None  # set when this stream stopped on a systematic failure
         self.stats = StreamStats()
@@ -269,8 +281,8 @@ class StreamRunner:
             tg.start_soon(self._map, recv_pages, items)
             for _ in range(self.writers):
                 tg.start_soon(self._write_loop, items)
-        if self.stop_reason is None:
-            self._release_watch()  # fewer than N failed alike: ordinary dead letters
+        if self.stop_reason is None and not self.board.halted:
+            self._release_held()  # fewer than N failed alike: ordinary dead letters (on a stop they stay pending)
         self.stats.finished = time.monotonic()
         stopped = self.board.halted or self.stop_reason is not None
         if exhausted and not self.tracker.order and not stopped:  # read to the end AND all settled
@@ -394,17 +406,20 @@ class StreamRunner:
                 stats=self.stats.requests,
                 existing=self.existing,
             )
-            if prior is not None and prior.state == IN_FLIGHT and self.target.write_safety == "lookup":
-                found = await self.target.reconcile(write)
-                if found is not None:
-                    self._written(sid, found, key, losses)
+            if self.target.write_safety == "lookup" and (
+                (prior is not None and prior.state == IN_FLIGHT)  # an earlier attempt's outcome is unknown
+                or (self.board.found and not self.board.found.isdisjoint(item.mapped.deps))  # a parent was there before us
+            ):
+                there = await self.target.reconcile(write)
+                if there is not None:
+                    self._written(sid, there, key, losses, found=prior is None or prior.state != IN_FLIGHT)
                     settled = True
                     return
             self.ledger.mark_in_flight(name, sid)
             if self.target.write_safety == "lookup":
                 await self.ledger.durable()  # the intent is on disk before a non-idempotent request leaves
             target_id = await self.target.write(write)
-            self._written(sid, target_id, key, losses)
+            self._written(sid, target_id, key, losses, found=isinstance(target_id, Found))
             settled = True
         except ParentStopped as stopped:
             if self.stop_reason is None and not self.board.halted:
@@ -416,8 +431,8 @@ class StreamRunner:
             settled = True
         except Skip as skip:  # the target's `existing` policy: the record is there, left as it was
             self.ledger.mark_skipped(name, sid, skip.reason, skip.target_id, None if encoded is None else key)
-            if self.stop_reason is None:
-                self._release_watch()
+            if self.watch is not None and self.watch.held and self.stop_reason is None:
+                self._release_held()
             settled = True
         except RecordError as err:
             payload = encoded.payload if encoded is not None else item.native
@@ -433,29 +448,28 @@ class StreamRunner:
                 self._settle(item.seq, sid)
             # an unsettled record (cancelled mid-write, or held back) keeps its place: the cursor must not pass it
 
-    def _written(self, sid: str, target_id: str, key: str, losses: Sequence[Loss]) -> None:
-        self.ledger.mark_written(self.name, sid, target_id, key)
+    def _written(self, sid: str, target_id: str, key: str, losses: Sequence[Loss], *, found: bool = False) -> None:
+        self.ledger.mark_written(self.name, sid, target_id, key, found=found)
         if losses:
             self.ledger.add_losses(self.name, losses)
-        if self.watch is not None and self.stop_reason is None:
-            self._release_watch()  # a write went through: the failures held so far were not systematic
+        if self.watch is not None and self.watch.held and self.stop_reason is None:
+            self._release_held()  # a write went through: the failures held so far were not systematic
 
     def _failed(self, failure: Failure) -> bool:
-        """A write failed for good: dead-letter it (True), or hold it back while the stream's first
-        writes all fail alike (False: it stays unsettled, and pending if the stream stops)."""
+        """A write failed for good: dead-letter it (True), or hold it back while the stream's writes
+        keep failing alike (False: it stays unsettled, and pending if the stream stops)."""
         watch = self.watch
         if watch is not None and self.stop_reason is not None:
             if watch.matches(failure):
                 return False  # in flight when the stream stopped, failing the same way: stays pending too
         elif watch is not None:
-            if watch.hold(failure):
-                if watch.full:
-                    first = watch.held[0]
-                    self.stop_reason = (
-                        f"its first {len(watch.held)} writes all failed alike ({first.error_class}: {first.message})"
-                    )
-                return False
-            self._release_watch()
+            if not watch.hold(failure):
+                self._release_held()  # a different failure: the run of alike ones is broken
+                watch.hold(failure)
+            if watch.full:
+                first = watch.held[0]
+                self.stop_reason = f"{len(watch.held)} writes in a row failed alike ({first.error_class}: {first.message})"
+            return False
         self._dead(failure)
         return True
 
@@ -464,12 +478,11 @@ class StreamRunner:
             self.name, failure.item.source_id, failure.error_class, failure.message, failure.status, failure.payload
         )
 
-    def _release_watch(self) -> None:
-        """Stop watching for a systematic failure; the failures held back become dead letters."""
-        watch, self.watch = self.watch, None
-        if watch is None:
+    def _release_held(self) -> None:
+        """The failures held back were not systematic after all: they become dead letters."""
+        if self.watch is None:
             return
-        for failure in watch.held:
+        for failure in self.watch.release():
             self._dead(failure)
             self._settle(failure.item.seq, failure.item.source_id)
 
@@ -496,21 +509,20 @@ class StreamRunner:
         held = self.dry_existing(self.name, key) if self.dry_existing else None
         if held is None:
             verdict = "would_create"
-        elif not self.target.checks_existing:
+        elif not (self.target.checks_existing or self.target.write_safety == "lookup"):
             verdict = "already_in_target_written_again"  # this target cannot tell: it would add another
-        elif held == self.target.carried(encoded):
+        elif not self.target.differences(encoded, held):
             verdict = "already_in_target"  # identical: settled as ours without a write
         else:
             verdict = {"conflict": "would_conflict", "update": "would_update", "skip": "would_skip_existing"}[self.existing]
         self.stats.dry[verdict] = self.stats.dry.get(verdict, 0) + 1
-        if verdict == "would_create" or verdict == "would_update" or verdict.endswith("written_again"):
+        if verdict in _SENDS:
             self.stats.dry_requests += encoded.requests
         for ref in encoded.references:
             self.stats.references[ref] = self.stats.references.get(ref, 0) + 1
 
 
-def _same(key: str) -> str:
-    return key
+_SENDS = frozenset({"would_create", "would_update", "already_in_target_written_again"})  # dry-run verdicts that write
 
 
 def _error_class(err: HttpError) -> str:

@@ -26,6 +26,9 @@ from typing import NamedTuple
 import orjson
 
 PENDING, IN_FLIGHT, WRITTEN, SKIPPED, DEAD = "pending", "in_flight", "written", "skipped", "dead"
+# the token of a settled record that was already in the target before this migration (found, not
+# created): a non-idempotent child of it may already be there too, so it is looked up before it is sent
+FOUND = "found"
 SETTLED = (WRITTEN, SKIPPED, DEAD)
 GROUP_COMMIT_SECONDS = 0.002
 
@@ -102,11 +105,12 @@ class Ledger:
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(records)")}
         if "key" not in columns:
             self.db.execute("ALTER TABLE records ADD COLUMN key TEXT")
-            rows = self.db.execute("SELECT stream, source_id, target_id FROM records WHERE target_id IS NOT NULL")
-            self.db.executemany(
-                "UPDATE records SET key = ? WHERE stream = ? AND source_id = ?",
-                [(target_id.casefold(), stream, sid) for stream, sid, target_id in rows.fetchall()],
-            )
+            # one statement, in SQLite: a million rows must not pass through Python's memory
+            self.db.create_function("casefold", 1, str.casefold, deterministic=True)
+            self.db.execute("UPDATE records SET key = casefold(target_id) WHERE target_id IS NOT NULL")
+            if self.db.execute("SELECT 1 FROM records WHERE state = 'written' LIMIT 1").fetchone():
+                # its earlier runs' fidelity losses were never counted: the report must say so
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('losses_counted_since_upgrade', '1')")
         self.db.execute("DROP INDEX IF EXISTS records_target")
         self.db.execute("CREATE INDEX IF NOT EXISTS records_key ON records (stream, key)")
 
@@ -289,21 +293,22 @@ class Ledger:
     def save_token(self, stream: str, source_id: str, token: str | None) -> None:
         self._set(stream, source_id, token=token)
 
-    def mark_written(self, stream: str, source_id: str, target_id: str, key: str | None = None) -> None:
-        """`key`: the natural key as the target compares it (what `owner_of` looks for)."""
-        self._set(stream, source_id, state=WRITTEN, target_id=target_id, token=None, reason=None,
-                  key=target_id.casefold() if key is None else key)
+    def mark_written(self, stream: str, source_id: str, target_id: str, key: str, *, found: bool = False) -> None:
+        """`key`: the natural key as the target compares it (what `owner_of` looks for); `found`:
+        the target held it already, identical, before this migration wrote anything."""
+        self._set(stream, source_id, state=WRITTEN, target_id=target_id, token=FOUND if found else None,
+                  reason=None, key=key)
 
     def mark_skipped(
         self, stream: str, source_id: str, reason: str, target_id: str | None = None, key: str | None = None
     ) -> None:
-        """A record left behind on purpose; `target_id` when it exists in the target all the same
-        (left as it was there), so that its children can still be attached to it."""
+        """A record left behind on purpose; `target_id` (and `key`) when it exists in the target all
+        the same, left as it was there: its children can still be attached to it (and are looked up
+        before a non-idempotent write, like those of a found record)."""
         if target_id is None:
             self._set(stream, source_id, state=SKIPPED, reason=reason)
         else:
-            self._set(stream, source_id, state=SKIPPED, reason=reason, target_id=target_id,
-                      key=target_id.casefold() if key is None else key)
+            self._set(stream, source_id, state=SKIPPED, reason=reason, target_id=target_id, key=key, token=FOUND)
 
     def add_losses(self, stream: str, losses: Iterable[tuple[str, str]]) -> None:
         """Fields of one carried record that the target does not hold: counted for the whole migration."""

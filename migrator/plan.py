@@ -35,8 +35,8 @@ class StreamPlan(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     writers: int = 16  # records written concurrently for this stream (HTTP is capped per host)
     # a record that already existed in the target before this migration: dead-letter it as a
     # `conflict` (the default: never overwrite someone else's data), update it, or skip it
-    existing: Literal["conflict", "update", "skip"] = "conflict"
-    # the first N writes all failing alike is a mistake in the plan, not N bad records: stop the
+    existing: Literal["conflict", "update", "skip"] | None = None  # None: "conflict"
+    # N writes in a row failing alike is a mistake in the plan, not N bad records: stop the
     # stream (the rest stays pending for --resume); 0 never stops
     stop_after_same_failure: Annotated[int, msgspec.Meta(ge=0)] = 20
 

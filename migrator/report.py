@@ -63,6 +63,8 @@ def build_report(
         "totals": totals,
         "fidelity_losses": losses,
     }
+    if ledger.get_meta("losses_counted_since_upgrade"):
+        report["fidelity_losses_note"] = "counted since this ledger was upgraded; its earlier runs are not included"
     if dry_run:
         report["dry_run"] = _estimate(report, plan)
     return report

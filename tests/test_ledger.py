@@ -26,7 +26,7 @@ def test_changes_are_seen_at_once_and_land_as_one_row_at_commit(tmp_path: Path) 
     ledger.save_token("users", "a", "create:17")
     assert ledger.state("users", "a") == RecordState(IN_FLIGHT, None, "create:17")
     assert on_disk(tmp_path / "l.sqlite")["a"][0] == PENDING  # not committed yet
-    ledger.mark_written("users", "a", "alice")
+    ledger.mark_written("users", "a", "alice", "alice")
     ledger.commit()
     assert on_disk(tmp_path / "l.sqlite")["a"] == (WRITTEN, "alice", None, 1)
     assert ledger.state("users", "a") == RecordState(WRITTEN, "alice", None)
@@ -51,9 +51,9 @@ def test_a_token_from_an_earlier_run_survives_an_intent_that_does_not_touch_it(t
 def test_a_killed_process_loses_only_what_was_never_committed(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.sqlite")
     ledger.add_pending("users", ["a", "b"])
-    ledger.mark_written("users", "a", "alice")
+    ledger.mark_written("users", "a", "alice", "alice")
     ledger.commit()
-    ledger.mark_written("users", "b", "bob")  # then the process dies: no commit, no close
+    ledger.mark_written("users", "b", "bob", "bob")  # then the process dies: no commit, no close
     assert on_disk(tmp_path / "l.sqlite") == {
         "a": (WRITTEN, "alice", None, 0),
         "b": (PENDING, None, None, 0),
@@ -63,12 +63,12 @@ def test_a_killed_process_loses_only_what_was_never_committed(tmp_path: Path) ->
 def test_a_page_snapshot_answers_as_the_ledger_does_now(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.sqlite")
     ledger.add_pending("users", ["a", "b", "c"])
-    ledger.mark_written("users", "a", "alice")
+    ledger.mark_written("users", "a", "alice", "alice")
     ledger.commit()
     snapshot = ledger.states("users", ["a", "b", "c", "d"])
     assert snapshot.get("a") == RecordState(WRITTEN, "alice", None)
     assert snapshot.get("d") is None
-    ledger.mark_written("users", "b", "bob")  # after the snapshot, still buffered
+    ledger.mark_written("users", "b", "bob", "bob")  # after the snapshot, still buffered
     assert snapshot.get("b") == RecordState(WRITTEN, "bob", None)
     ledger.commit()  # the buffer is applied: the snapshot must not answer from its old rows
     ledger.mark_dead("users", "c", "target_rejected", "no", 400, {"x": 1})
@@ -81,7 +81,7 @@ def test_a_page_snapshot_answers_as_the_ledger_does_now(tmp_path: Path) -> None:
 def test_a_buffered_write_owns_its_target_key(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.sqlite")
     ledger.add_pending("users", ["a", "b"])
-    ledger.mark_written("users", "a", "alice")
+    ledger.mark_written("users", "a", "alice", "alice")
     assert ledger.owner_of("users", "alice", "b") == "a"  # before the commit
     assert ledger.owner_of("users", "alice", "a") is None  # its own key
     ledger.commit()

@@ -233,7 +233,7 @@ def test_the_same_failure_stops_the_stream_and_resume_after_the_fix_completes(tm
         assert run.returncode == 3, run.stdout + run.stderr
         assert "Traceback" not in run.stderr
         line = next(x for x in run.stderr.splitlines() if "stream certificates stopped" in x)
-        assert "its first 20 writes all failed alike (target_rejected:" in line and "certification not found" in line
+        assert "20 writes in a row failed alike (target_rejected:" in line and "certification not found" in line
         assert "--resume" in line
         state = sims.civica_state()
         assert state["awards"] == []
@@ -262,7 +262,7 @@ def test_a_mandatory_profile_field_the_mapping_cannot_fill_is_found_by_the_dry_r
 
         run = cli("run", str(plan), "--quiet")
         assert run.returncode == 3
-        assert "stream users stopped: its first 20 writes all failed alike (missing_field:" in run.stderr
+        assert "stream users stopped: 20 writes in a row failed alike (missing_field:" in run.stderr
         assert "stream certificates stopped: its parent stream `users` stopped" in run.stderr
         state = sims.civica_state()
         assert state["users"] == {} and state["set_user_calls"] == {} and state["award_calls"] == 0
@@ -283,3 +283,106 @@ async def test_fidelity_losses_after_a_resume_count_the_whole_migration(tmp_path
             counts.append({(x["stream"], x["field"]): x["records"] for x in report["fidelity_losses"]})
     assert counts[0] == counts[1]
     assert counts[0][("users", "phone")] > 70  # more than the first run alone carried
+
+
+# ---- review follow-ups: what else "already existed" and "fails alike" must mean ----------------------------
+
+
+def test_an_existing_user_with_other_groups_is_a_conflict_too(tmp_path: Path) -> None:
+    data = tmp_path / "civica.jsonl"
+    same_profile = {"username": "user.1", "forename": "First1", "surname": "Last1", "mail": "user.1@example.org",
+                    "timezone": "Australia/Perth"}
+    data.write_bytes(orjson.dumps({"kind": "user", "profile": same_profile, "groups": ["Not crew"]}) + b"\n")
+    damstra = DamstraSimulator(access_key=DAMSTRA_KEY, data=_existing_corpus())
+    with running(damstra, civica(data=data)) as sims:
+        plan = write_plan(tmp_path, sims)
+        assert cli("run", str(plan), "--quiet").returncode == 1
+        (message,), = ledger_rows(tmp_path / "ledger.sqlite", "SELECT message FROM dead_letters WHERE stream = 'users'")
+        assert "groups: ['Not crew'] in the target, ['Crew'] from the source" in message
+        assert sims.civica_state()["users"]["user.1"][1] == {"Not crew"}
+
+
+@pytest.mark.parametrize("case_sensitive_portal", [True, False], ids=["portal-case-sensitive", "portal-ignores-case"])
+def test_a_source_name_that_differs_from_a_portal_user_only_in_case(tmp_path: Path, case_sensitive_portal: bool) -> None:
+    data = tmp_path / "civica.jsonl"
+    data.write_bytes(orjson.dumps({"kind": "user", "profile": {"username": "Collide", "forename": "Portal",
+                                                               "surname": "Person"}}) + b"\n")
+    damstra = DamstraSimulator(access_key=DAMSTRA_KEY, data=[user(301, "collide", "Source", "Person")])
+    with running(damstra, civica(data=data, usernames_case_sensitive=case_sensitive_portal)) as sims:
+        plan = write_plan(tmp_path, sims)
+        run = cli("run", str(plan), "--quiet")
+        state = sims.civica_state()
+        assert state["users"]["Collide"][0]["forename"] == "Portal"  # never overwritten
+        if case_sensitive_portal:  # two users, as the portal itself keeps them apart
+            assert run.returncode == 0, run.stdout + run.stderr
+            assert state["users"]["collide"][0]["forename"] == "Source"
+        else:  # one user to the portal: someone else's, so a conflict
+            assert run.returncode == 1
+            assert set(state["users"]) == {"Collide"}
+            (cls, message), = ledger_rows(tmp_path / "ledger.sqlite", "SELECT error_class, message FROM dead_letters")
+            assert cls == "conflict" and "user 'Collide' already exists in the target" in message
+
+
+def _mixed_awards(pattern: str) -> list[dict[str, Any]]:
+    """One user whose completions, in listing order, map to good (g) or unknown (b) certifications."""
+    rows: list[dict[str, Any]] = [user(401, "mixed.user", "Mixed", "User")]
+    for n, kind in enumerate(pattern):
+        lesson = 101 if kind == "g" else 150  # 150 maps to a certification the portal does not have
+        rows.append(sched(7000 + n, 401, lesson, f"2021-04-{n + 1:02d}T08:00:00.000Z"))
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("pattern", "stop_after", "stops"),
+    [("bgbgbgbg", 2, False), ("bgbbgb", 2, True), ("bbbbbb", 0, False)],
+    ids=["alternating", "two-in-a-row", "zero-never-stops"],
+)
+def test_only_failures_in_a_row_stop_a_stream(tmp_path: Path, pattern: str, stop_after: int, stops: bool) -> None:
+    damstra = DamstraSimulator(access_key=DAMSTRA_KEY, data=_mixed_awards(pattern))
+    with running(damstra, civica()) as sims:
+        plan = write_plan(tmp_path, sims)
+        plan.write_text(plan.read_text().replace('"150" = "CERT-150"\n', "") + '"150" = "NO-SUCH-CERT"\n')
+        text = plan.read_text().replace("[streams.certificates]\nwriters = 16", "[streams.certificates]\nwriters = 1")
+        plan.write_text(text)
+        set_stream_option(plan, "certificates", f"stop_after_same_failure = {stop_after}")
+        run = cli("run", str(plan), "--quiet", "--report", str(tmp_path / "run.json"))
+        certs = orjson.loads((tmp_path / "run.json").read_bytes())["streams"]["certificates"]
+        bad = pattern.count("b")
+        if stops:
+            assert run.returncode == 3 and "2 writes in a row failed alike" in run.stderr
+            assert certs["dead_lettered"] == 1 and certs["written"] == 1  # the lone failure before the good one
+            assert certs["pending"] == len(pattern) - 2
+        else:
+            assert run.returncode == 1, run.stdout + run.stderr
+            assert certs["dead_lettered"] == bad and certs["written"] == len(pattern) - bad and certs["pending"] == 0
+
+
+def test_starting_over_with_a_new_ledger_awards_nothing_twice(tmp_path: Path) -> None:
+    """The refusal of item 1 says "run without --resume" to start a new migration: against a target
+    that holds the first run's data, the users are found identical and every award is looked up."""
+    with running(DamstraSimulator(access_key=DAMSTRA_KEY, records=60, seed=3), civica()) as sims:
+        plan = write_plan(tmp_path, sims)
+        first = cli("run", str(plan), "--quiet")
+        before = sims.civica_state()
+        plan.write_text(plan.read_text().replace('ledger = "ledger.sqlite"', 'ledger = "fresh.sqlite"'))
+        again = cli("run", str(plan), "--quiet")
+        assert again.returncode == first.returncode, again.stdout + again.stderr
+        after = sims.civica_state()
+        assert after["award_calls"] == before["award_calls"] and after["duplicate_awards"] == 0
+        assert after["set_user_calls"]["create"] == before["set_user_calls"]["create"]  # the 409s applied nothing
+        assert after["set_user_calls"].get("update", 0) == 0
+        # Civica's API cannot show a user's active state, so inactive users are deactivated again (idempotent)
+        assert after["set_user_calls"]["deactivate"] == 2 * before["set_user_calls"]["deactivate"]
+        found = ledger_rows(tmp_path / "fresh.sqlite",
+                            "SELECT count(*) FROM records WHERE stream = 'users' AND state = 'written' AND token = 'found'")
+        assert found[0][0] == len(after["users"])
+        assert_target_matches(after, expected_state(sims.damstra.sim))
+
+
+def test_existing_is_refused_on_a_stream_that_cannot_tell(tmp_path: Path) -> None:
+    with running(DamstraSimulator(access_key=DAMSTRA_KEY, records=10, seed=3), civica()) as sims:
+        plan = write_plan(tmp_path, sims)
+        set_stream_option(plan, "certificates", 'existing = "update"')
+        run = cli("run", str(plan), "--quiet")
+        assert run.returncode == 2
+        assert "`streams.certificates.existing`: the civica certificates stream cannot tell" in one_error_line(run.stderr)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from migrator.connectors import Dep, Encoded, Loss, TargetStream, WriteItem, segment
+from migrator.connectors import Dep, Encoded, Found, Loss, TargetStream, WriteItem, segment
 from migrator.dates import format_utc, normalize, plus
 from migrator.http import AmbiguousOutcome, HostClient, RequestStats
 from migrator.model import Certificate, Group, RecordError, Skip, User
@@ -49,7 +49,8 @@ class Civica:
         )
         self.profile_fields: set[str] = set(PROFILE_FIELDS.values()) | {"username"}
         self.profile_specs: dict[str, dict[str, Any]] = {}  # GetProfileFields: mode, type, values
-        self.awarded_refs: set[str] | None = None  # certification ids seen in the portal's awards
+        self.awarded_refs: set[str] = set()  # certification ids seen in the portal's awards
+        self.awards_listed = False  # ... once every award was listed (export ran to the end)
         self.streams: dict[str, TargetStream] = {
             "groups": CivicaGroups(),
             "users": CivicaUsers(self),
@@ -67,8 +68,7 @@ class Civica:
     ) -> dict[tuple[str, str], tuple[str, str]]:
         """Dry run: which certification refs the portal can be shown to hold. Civica has no API that
         lists certifications, so only refs someone was already awarded are confirmed."""
-        if self.awarded_refs is None:
-            self.awarded_refs = set()
+        if not self.awards_listed:  # the dry run's own listing of the target usually did it already
             async for _key, _fields in self.streams["certificates"].export(stats):
                 pass
         out: dict[tuple[str, str], tuple[str, str]] = {}
@@ -190,6 +190,19 @@ class CivicaUsers(TargetStream):
     def carried(self, encoded: Encoded) -> dict[str, Any]:
         return {**encoded.payload["profile"], "groups": encoded.payload["groups"]}
 
+    def differences(self, encoded: Encoded, held: dict[str, Any]) -> list[str]:
+        """Our profile fields and groups against the portal's (fields only the portal has do not count;
+        it leaves empty fields out of its answers)."""
+        out = []
+        for key, value in encoded.payload["profile"].items():
+            have = held.get(key)
+            if have != value and not (value in ("", []) and have in (None, "", [])):
+                out.append(f"{key}: {have!r} in the target, {value!r} from the source")
+        ours, theirs = sorted(encoded.payload["groups"]), sorted(map(str, held.get("groups") or []))
+        if ours != theirs:
+            out.append(f"groups: {theirs} in the target, {ours} from the source")
+        return out
+
     async def _submit(self, body: dict[str, Any], item: WriteItem, step: str) -> None:
         """Send one SetUser, store its status id, wait until Civica has applied it.
 
@@ -229,7 +242,11 @@ class CivicaUsers(TargetStream):
         step, _, tid = (item.token or "").partition(":")
         if step in ("", "create", "update"):
             # an earlier attempt's status id, applied: that step is done (a create applied is ours)
-            if not (tid and await self._settled(tid, item, step) is True):
+            try:
+                applied = bool(tid) and await self._settled(tid, item, step) is True
+            except _Exists:  # that create met a username in use: decide below, by what the portal holds
+                applied = False
+            if not applied:
                 uid = await self._create_or_settle_existing(item)
             step = ""
         deactivated = step == "deactivate" and tid and await self._settled(tid, item, step) is True
@@ -268,9 +285,9 @@ class CivicaUsers(TargetStream):
         payload = item.encoded.payload
         held_profile = held.get("profile") or {}
         uid = (held.get("params") or {}).get("uid") or held_profile.get("username") or item.encoded.key
-        differences = _differences(payload, held_profile, {g.get("name") for g in held.get("groups") or []})
+        differences = self.differences(item.encoded, _as_exported(held))
         if not differences:
-            return uid
+            return Found(uid)  # ours to settle; it was there already (perhaps from a killed attempt of ours)
         if item.existing == "update":
             update = {
                 "params": {"action": "update", "uid": uid},
@@ -281,7 +298,11 @@ class CivicaUsers(TargetStream):
             return uid
         shown = "; ".join(differences[:4]) + ("; …" if len(differences) > 4 else "")
         if item.existing == "skip":
-            raise Skip(f"user '{uid}' already existed in the target and was left as it is ({shown})", target_id=uid)
+            raise Skip(
+                f"user '{uid}' already existed in the target and was left as it is ({shown}); its completions"
+                " are attached to it (streams.users.existing = \"skip\")",
+                target_id=uid,
+            )
         raise RecordError(
             "conflict",
             f"user '{uid}' already exists in the target and differs from the source ({shown}); nothing was"
@@ -298,11 +319,8 @@ class CivicaUsers(TargetStream):
                 params["cursor"] = cursor
             body = await self.civica.read("GetInactiveUsers", {"params": params}, stats)
             for user in body.get("users") or []:
-                profile = dict(user.get("profile") or {})
-                uid = (user.get("params") or {}).get("uid") or profile.get("username")
-                profile.setdefault("username", uid)
-                groups = sorted(g.get("name") for g in user.get("groups") or [])
-                yield uid, {**profile, "groups": groups}
+                row = _as_exported(user)
+                yield row["username"], row
             cursor = body.get("next_cursor")
             if not cursor or not body.get("users"):
                 return
@@ -312,17 +330,11 @@ class _Exists(Exception):
     """SetUser create met an existing username."""
 
 
-def _differences(payload: dict[str, Any], held: dict[str, Any], held_groups: set[Any]) -> list[str]:
-    """What the portal holds that differs from what we would write (our fields and groups only)."""
-    out = []
-    for key, value in payload["profile"].items():
-        have = held.get(key)
-        if have != value and not (value in ("", []) and have in (None, "", [])):  # GetUser leaves out empty fields
-            out.append(f"{key}: {have!r} in the target, {value!r} from the source")
-    ours = set(payload["groups"])
-    if ours != held_groups:
-        out.append(f"groups: {sorted(map(str, held_groups))} in the target, {sorted(ours)} from the source")
-    return out
+def _as_exported(user: dict[str, Any]) -> dict[str, Any]:
+    """A GetUser / GetInactiveUsers row as `export` yields it: the profile, its username, its groups."""
+    profile = dict(user.get("profile") or {})
+    profile.setdefault("username", (user.get("params") or {}).get("uid"))
+    return {**profile, "groups": sorted(str(g.get("name")) for g in user.get("groups") or [])}
 
 
 class CivicaCertificates(TargetStream):
@@ -367,7 +379,8 @@ class CivicaCertificates(TargetStream):
             body = await self.civica.read("GetUsersCertificates", {"params": params}, item.stats)
             for row in body.get("certificates") or []:
                 date = row.get("awared_date") or row.get("awarded_date") or ""
-                if row.get("username") == uid and row.get("certification_id") == ref and normalize(date, "d") == awarded:
+                same_user = self.fold_key(str(row.get("username"))) == self.fold_key(uid)  # as the portal compares names
+                if same_user and row.get("certification_id") == ref and normalize(date, "d") == awarded:
                     return item.encoded.key
             if not body.get("next_cursor"):
                 return None
@@ -379,9 +392,9 @@ class CivicaCertificates(TargetStream):
             body = await self.civica.read("GetUsersCertificates", {"params": params}, stats)
             for row in body.get("certificates") or []:
                 date = normalize(row.get("awared_date") or row.get("awarded_date") or EPOCH, "awared_date")
-                if self.civica.awarded_refs is not None:
-                    self.civica.awarded_refs.add(str(row.get("certification_id")))
+                self.civica.awarded_refs.add(str(row.get("certification_id")))
                 yield f"{row.get('username')}|{row.get('certification_id')}|{date}", {}
             if not body.get("next_cursor"):
+                self.civica.awards_listed = True
                 return
             params["cursor"] = body["next_cursor"]
