@@ -22,7 +22,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from migrator.connectors import Dep, Encoded, Loss, Mapped, Page, SourceStream, TargetStream, WriteItem
 from migrator.dlq import message_shape
 from migrator.http import AuthError, HostUnreachable, HttpError, RequestStats
-from migrator.ledger import DEAD, IN_FLIGHT, SETTLED, SKIPPED, WRITTEN, Ledger, RecordState
+from migrator.ledger import DEAD, IN_FLIGHT, SETTLED, SKIPPED, WRITTEN, Ledger, RecordState, WriteProgress
 from migrator.model import RecordError, Skip
 
 
@@ -377,17 +377,17 @@ class StreamRunner:
                 settled = True
                 return
 
-            async def save_token(token: str | None) -> None:
+            async def store_progress(progress: WriteProgress | None) -> None:
                 # committed with the next group commit: losing it costs a harmless resend, not a duplicate
-                self.ledger.save_token(name, sid, token)
+                self.ledger.save_progress(name, sid, progress)
 
             prior = item.prior
             write = WriteItem(
                 stream=name,
                 source_id=sid,
                 encoded=encoded,
-                token=prior.token if prior else None,
-                save_token=save_token,
+                progress=prior.progress if prior else None,
+                store_progress=store_progress,
                 stats=self.stats.requests,
                 existing=self.existing,
             )

@@ -6,16 +6,21 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from migrator.ledger import DEAD, IN_FLIGHT, PENDING, WRITTEN, Ledger, RecordState
+import pytest
+
+from migrator.connectors import Encoded, WriteItem
+from migrator.http import RequestStats
+from migrator.ledger import DEAD, IN_FLIGHT, PENDING, WRITTEN, CursorRow, Ledger, RecordState, WriteProgress
 
 
 def on_disk(path: Path) -> dict[str, tuple[str, str | None, str | None, int]]:
+    """Each record's (state, target id, progress as stored, attempts)."""
     db = sqlite3.connect(path)
     try:
-        rows = db.execute("SELECT source_id, state, target_id, token, attempts FROM records").fetchall()
+        rows = db.execute("SELECT source_id, state, target_id, progress, attempts FROM records").fetchall()
     finally:
         db.close()
-    return {sid: (state, target, token, attempts) for sid, state, target, token, attempts in rows}
+    return {sid: (state, target, progress, attempts) for sid, state, target, progress, attempts in rows}
 
 
 def test_changes_are_seen_at_once_and_land_as_one_row_at_commit(tmp_path: Path) -> None:
@@ -23,8 +28,8 @@ def test_changes_are_seen_at_once_and_land_as_one_row_at_commit(tmp_path: Path) 
     ledger.add_pending("users", ["a", "b"])
     ledger.commit()
     ledger.mark_in_flight("users", "a")
-    ledger.save_token("users", "a", "create:17")
-    assert ledger.state("users", "a") == RecordState(IN_FLIGHT, None, "create:17")
+    ledger.save_progress("users", "a", WriteProgress("create", "17"))
+    assert ledger.state("users", "a") == RecordState(IN_FLIGHT, None, WriteProgress("create", "17"))
     assert on_disk(tmp_path / "l.sqlite")["a"][0] == PENDING  # not committed yet
     ledger.mark_written("users", "a", "alice")
     ledger.commit()
@@ -34,17 +39,17 @@ def test_changes_are_seen_at_once_and_land_as_one_row_at_commit(tmp_path: Path) 
     ledger.close()
 
 
-def test_a_token_from_an_earlier_run_survives_an_intent_that_does_not_touch_it(tmp_path: Path) -> None:
+def test_progress_from_an_earlier_run_survives_an_intent_that_does_not_touch_it(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.sqlite")
     ledger.add_pending("users", ["a"])
-    ledger.save_token("users", "a", "create:9")
+    ledger.save_progress("users", "a", WriteProgress("create", "9"))
     ledger.close()
     resumed = Ledger(tmp_path / "l.sqlite")
     resumed.mark_in_flight("users", "a")  # the resumed run's intent: the stored status id must stay
-    assert resumed.state("users", "a") == RecordState(IN_FLIGHT, None, "create:9")
+    assert resumed.state("users", "a") == RecordState(IN_FLIGHT, None, WriteProgress("create", "9"))
     resumed.mark_in_flight("users", "a")
     resumed.commit()
-    assert on_disk(tmp_path / "l.sqlite")["a"] == (IN_FLIGHT, None, "create:9", 2)
+    assert on_disk(tmp_path / "l.sqlite")["a"] == (IN_FLIGHT, None, '{"step":"create","job_id":"9"}', 2)
     resumed.close()
 
 
