@@ -339,7 +339,8 @@ class Ledger:
                 f"SELECT source_id, state, target_id, progress FROM records WHERE stream = ? AND source_id IN ({marks})",
                 (stream, *chunk),
             ):
-                rows[sid] = _row(state, target_id, progress)
+                # inline, not _row(): this runs for every record read, and most have no progress
+                rows[sid] = (state, target_id, None if progress is None else _decode_progress(progress))
         return StateSnapshot(self, stream, rows)
 
     def owner_of(self, stream: str, key: str, other_than: str) -> str | None:
