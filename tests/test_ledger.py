@@ -270,3 +270,32 @@ def test_a_reader_closing_without_commit_leaves_the_file_as_it_was(tmp_path: Pat
     ledger.mark_written("users", "a", "alice")
     ledger.close(commit=False)
     assert on_disk(tmp_path / "l.sqlite")["a"] == (PENDING, None, None, 0)
+
+
+def test_status_shows_partitions_runs_and_dead_letters_without_writing(tmp_path: Path) -> None:
+    from migrator import api
+
+    path = tmp_path / "l.sqlite"
+    ledger = Ledger(path)
+    run = ledger.begin_run("run")
+    ledger.add_pending("users", ["a", "b"])
+    ledger.mark_written("users", "a", "alice")
+    ledger.mark_dead("users", "b", "conflict", "user 'b' exists", 409, None)
+    ledger.set_cursor("users", "100", done=True)
+    ledger.set_cursor("attempts", "c9", "course-1")
+    ledger.end_run(run, "partial")
+    ledger.close()
+    before = path.read_bytes()
+    shown = api.status(path)
+    assert path.read_bytes() == before
+    started, finished = shown["runs"][0].pop("started"), shown["runs"][0].pop("finished")
+    assert started <= finished
+    assert shown == {
+        "streams": {"users": {WRITTEN: 1, DEAD: 1}},
+        "cursors": {
+            "users": {"cursor": "100", "done": True, "total": None},
+            "attempts/course-1": {"cursor": "c9", "done": False, "total": None},
+        },
+        "runs": [{"id": run, "outcome": "partial", "mode": "run"}],
+        "dead_letters": {"users/conflict": 1},
+    }
