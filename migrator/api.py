@@ -76,20 +76,17 @@ def _open_ledger(plan: Plan, resume: bool) -> Ledger:
 
 async def _collect_keys(target: Any, streams: list[str], ledger: Ledger, stats: RequestStats) -> None:
     """Dry run: note what the target already holds (natural key as it compares keys, carried fields)."""
-    ledger.db.execute(
-        "CREATE TABLE IF NOT EXISTS target_keys (stream TEXT, key TEXT, fields BLOB, PRIMARY KEY (stream, key))"
-    )
     for name in streams:
         stream = target.streams[name]
         if not exportable(stream):
             continue
         batch = []
         async for key, fields in stream.export(stats):
-            batch.append((name, stream.fold_key(key), orjson.dumps(fields)))
+            batch.append((stream.fold_key(key), fields))
             if len(batch) >= 1000:
-                ledger.db.executemany("INSERT OR IGNORE INTO target_keys VALUES (?, ?, ?)", batch)
+                ledger.remember_target(name, batch)
                 batch.clear()
-        ledger.db.executemany("INSERT OR IGNORE INTO target_keys VALUES (?, ?, ?)", batch)
+        ledger.remember_target(name, batch)
 
 
 async def _check_references(target: Any, runners: list[StreamRunner], stats: RequestStats) -> list[dict[str, Any]]:
@@ -190,9 +187,7 @@ async def run(
                 await _collect_keys(target, streams, ledger, setup)
 
                 def dry_existing(stream: str, key: str) -> dict[str, Any] | None:
-                    sql = "SELECT fields FROM target_keys WHERE stream = ? AND key = ?"
-                    row = ledger.db.execute(sql, (stream, key)).fetchone()
-                    return None if row is None else orjson.loads(row[0])
+                    return ledger.target_fields(stream, key)
 
             for name in streams:
                 cfg = plan.streams.get(name)
@@ -263,20 +258,16 @@ def status(path: str | Path) -> dict[str, Any]:
         raise MigrationError(f"no ledger at {file}")
     ledger = Ledger(file)
     try:
-        counts = ledger.counts()
-        cursors = {
-            stream: {"cursor": cursor, "done": bool(done), "total": total}
-            for stream, cursor, done, total in ledger.db.execute("SELECT stream, cursor, done, total FROM cursors")
-        }
-        runs = [
-            {"id": i, "started": s, "finished": f, "outcome": o, "mode": m}
-            for i, s, f, o, m in ledger.db.execute("SELECT id, started, finished, outcome, mode FROM runs ORDER BY id")
-        ]
-        dead: dict[str, int] = {}
-        for stream, cls, n in ledger.db.execute(
-            "SELECT stream, error_class, count(*) FROM dead_letters GROUP BY stream, error_class"
-        ):
-            dead[f"{stream}/{cls}"] = n
-        return {"streams": counts, "cursors": cursors, "runs": runs, "dead_letters": dead}
+        summary = ledger.status_summary()
     finally:
-        ledger.db.close()
+        ledger.close(commit=False)
+    return {
+        "streams": summary.counts,
+        # a partitioned stream shows one cursor per partition, as "stream/partition"
+        "cursors": {
+            f"{c.stream}/{c.partition}" if c.partition else c.stream: {"cursor": c.cursor, "done": c.done, "total": c.total}
+            for c in summary.cursors
+        },
+        "runs": [r._asdict() for r in summary.runs],
+        "dead_letters": {f"{stream}/{cls}": n for (stream, cls), n in summary.dead_letters.items()},
+    }

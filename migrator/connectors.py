@@ -12,6 +12,7 @@ from urllib.parse import quote
 import msgspec
 
 from migrator.http import RequestStats
+from migrator.ledger import WriteProgress
 
 Dep = tuple[str, str]  # (stream, source id) of a parent record
 
@@ -63,12 +64,17 @@ class WriteItem(msgspec.Struct, kw_only=True):
     stream: str
     source_id: str
     encoded: Encoded
-    token: str | None  # what an earlier attempt stored (e.g. a Civica status id)
-    save_token: Callable[[str | None], Awaitable[None]]
+    progress: WriteProgress | None  # how far an earlier attempt got (e.g. a Civica step and its status id)
+    store_progress: Callable[[WriteProgress | None], Awaitable[None]]  # the engine's: into the ledger
     stats: RequestStats
     # the plan's policy for a record that already existed in the target before this migration:
     # "conflict" (raise RecordError class `conflict`), "update", or "skip" (raise Skip with its target id)
     existing: str = "conflict"
+
+    async def save_progress(self, step: str, job_id: str | None = None, data: dict[str, Any] | None = None) -> None:
+        """Remember how far this write got, so a resumed run picks it up there instead of starting over."""
+        self.progress = WriteProgress(step, job_id, data or {})
+        await self.store_progress(self.progress)
 
 
 class SourceStream:

@@ -26,7 +26,7 @@ def list_groups(path: str | Path, samples: int = 3) -> list[dict[str, Any]]:
     try:
         return groups(ledger, samples)
     finally:
-        ledger.db.close()
+        ledger.close(commit=False)
 
 
 def groups(ledger: Ledger, samples: int = 3) -> list[dict[str, Any]]:
@@ -60,7 +60,7 @@ def reopen(ledger: Ledger, streams: set[str] | None, classes: set[str] | None) -
         ledger.reopen_dead(dead.stream, dead.source_id, IN_FLIGHT if dead.error_class in AMBIGUOUS else PENDING)
         reopened[dead.stream] = reopened.get(dead.stream, 0) + 1
     for stream in reopened:
-        ledger.set_cursor(stream, None, done=False)
+        ledger.rewind(stream)  # every partition: a dead letter's partition is not recorded
     ledger.commit()
     return reopened
 

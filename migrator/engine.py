@@ -25,7 +25,17 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from migrator.connectors import Dep, Encoded, Found, Loss, Mapped, Page, SourceStream, TargetStream, WriteItem
 from migrator.dlq import message_shape
 from migrator.http import AuthError, HostUnreachable, HttpError, RequestStats
-from migrator.ledger import DEAD, FOUND, IN_FLIGHT, SETTLED, SKIPPED, WRITTEN, Ledger, RecordState
+from migrator.ledger import (
+    DEAD,
+    FOUND,
+    IN_FLIGHT,
+    SETTLED,
+    SKIPPED,
+    WRITTEN,
+    Ledger,
+    RecordState,
+    WriteProgress,
+)
 from migrator.model import RecordError, Skip
 
 
@@ -100,7 +110,7 @@ class Board:
             state = self.ledger.state(*dep)
             if state is not None and state.state in (WRITTEN, SKIPPED) and state.target_id is not None:
                 # a skipped parent with a target id exists in the target, left as it was there
-                return self._remember(dep, state.target_id, state.token == FOUND)
+                return self._remember(dep, state.target_id, state.progress == FOUND)
             if state is not None and state.state in (SKIPPED, DEAD):
                 raise MissingDependency(f"parent {dep[0]} {dep[1]} was {state.state.replace('dead', 'dead-lettered')}")
             if dep[0] in self.stopped:
@@ -392,17 +402,17 @@ class StreamRunner:
                 settled = True
                 return
 
-            async def save_token(token: str | None) -> None:
+            async def store_progress(progress: WriteProgress | None) -> None:
                 # committed with the next group commit: losing it costs a harmless resend, not a duplicate
-                self.ledger.save_token(name, sid, token)
+                self.ledger.save_progress(name, sid, progress)
 
             prior = item.prior
             write = WriteItem(
                 stream=name,
                 source_id=sid,
                 encoded=encoded,
-                token=prior.token if prior else None,
-                save_token=save_token,
+                progress=prior.progress if prior else None,
+                store_progress=store_progress,
                 stats=self.stats.requests,
                 existing=self.existing,
             )

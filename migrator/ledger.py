@@ -10,7 +10,9 @@ row per record however many times it changed: until a commit nothing is durable 
 buffer loses nothing an uncommitted SQLite transaction would not, and it saves a statement per
 change. Readers see the buffer first (`state`, `owner_of`) or have it applied before they read.
 
-The interface is small on purpose, so a PostgreSQL ledger can stand beside this one later.
+The interface is small on purpose, so a PostgreSQL ledger can stand beside this one later: no
+other module runs SQL on it, cursors are keyed by (stream, partition), and a record's multi-step
+write progress is a typed `WriteProgress`, stored as JSON and decoded once when its row is read.
 """
 
 from __future__ import annotations
@@ -21,26 +23,27 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import msgspec
 import orjson
 
 PENDING, IN_FLIGHT, WRITTEN, SKIPPED, DEAD = "pending", "in_flight", "written", "skipped", "dead"
-# the token of a settled record that was already in the target before this migration (found, not
-# created): a non-idempotent child of it may already be there too, so it is looked up before it is sent
-FOUND = "found"
 SETTLED = (WRITTEN, SKIPPED, DEAD)
 GROUP_COMMIT_SECONDS = 0.002
 
-_SCHEMA = """
+_CURSORS_COLUMNS = (
+    "stream TEXT NOT NULL, partition_key TEXT NOT NULL DEFAULT '', cursor TEXT, done INTEGER NOT NULL DEFAULT 0,"
+    " total INTEGER, PRIMARY KEY (stream, partition_key)"
+)
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY, started REAL NOT NULL, finished REAL, outcome TEXT, mode TEXT);
-CREATE TABLE IF NOT EXISTS cursors (
-    stream TEXT PRIMARY KEY, cursor TEXT, done INTEGER NOT NULL DEFAULT 0, total INTEGER);
+CREATE TABLE IF NOT EXISTS cursors ({_CURSORS_COLUMNS});
 CREATE TABLE IF NOT EXISTS records (
     stream TEXT NOT NULL, source_id TEXT NOT NULL, state TEXT NOT NULL,
-    target_id TEXT, token TEXT, reason TEXT, attempts INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
+    target_id TEXT, progress TEXT, reason TEXT, attempts INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
     PRIMARY KEY (stream, source_id)) WITHOUT ROWID;
 -- no index on state: every state change would move an index entry; counts scan the table instead
 DROP INDEX IF EXISTS records_state;
@@ -55,10 +58,70 @@ CREATE VIEW IF NOT EXISTS id_map AS
 """
 
 
+class WriteProgress(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How far a write that takes several requests got, kept so a resumed run picks it up there:
+    the step under way, the target's job (status) id for it, and whatever else that step needs."""
+
+    step: str
+    job_id: str | None = None
+    data: dict[str, Any] = {}
+
+
+# the progress of a settled record that was in the target before this migration (found, not created):
+# a non-idempotent child of it may be there already too, so it is looked up before it is sent
+FOUND = WriteProgress("found")
+
+_progress_encoder = msgspec.json.Encoder()
+_decode_progress = msgspec.json.Decoder(WriteProgress).decode
+
+
+def _encode_progress(progress: WriteProgress) -> str:
+    return _progress_encoder.encode(progress).decode()  # TEXT, as a reader of the file expects JSON to be
+
+
+def _progress_from_token(token: str) -> WriteProgress:
+    """A `"step:job id"` token, as ledgers written before WriteProgress hold it."""
+    step, _, job_id = token.partition(":")
+    return WriteProgress(step, job_id or None)
+
+
+_StoredRow = tuple[str, str | None, WriteProgress | None]  # (state, target id, progress) as read
+
+
+def _row(state: str, target_id: str | None, progress: str | None) -> _StoredRow:
+    """A stored (state, target id, progress) row with its progress decoded (most rows have none)."""
+    return state, target_id, None if progress is None else _decode_progress(progress)
+
+
 class RecordState(NamedTuple):
     state: str
     target_id: str | None
-    token: str | None
+    progress: WriteProgress | None
+
+
+class CursorRow(NamedTuple):
+    stream: str
+    partition: str  # "" for a stream read as one
+    cursor: str | None
+    done: bool
+    total: int | None
+
+
+class RunRow(NamedTuple):
+    id: int
+    started: float
+    finished: float | None
+    outcome: str | None
+    mode: str | None
+
+
+class Summary(NamedTuple):
+    """What `migrator status` shows of a ledger."""
+
+    counts: dict[str, dict[str, int]]  # stream → state → records
+    cursors: list[CursorRow]
+    runs: list[RunRow]
+    dead_letters: dict[tuple[str, str], int]  # (stream, error class) → records
 
 
 class DeadLetter(NamedTuple):
@@ -99,11 +162,17 @@ class Ledger:
         self._targets: dict[tuple[str, str], str] = {}  # (stream, natural key) → source_id, buffered rows
         self._losses: dict[tuple[str, str, str], int] = {}  # (stream, field, reason) → records, buffered
         self.applied = 0  # how many times the buffer was applied: a snapshot older than that is stale
+        self._target_snapshot = False  # whether the dry run's scratch table exists on this connection
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
 
     def _upgrade(self) -> None:
-        """Ledgers written before natural keys were kept per record gain the column (and its index)."""
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(records)")}
-        if "key" not in columns:
+        """Bring a ledger written by an earlier version up to this schema, in one transaction."""
+        columns, cursor_columns = self._columns("records"), self._columns("cursors")
+        if not ({"key", "progress"} <= columns and "partition_key" in cursor_columns):
+            self.db.execute("BEGIN")  # sqlite3 runs DDL outside transactions: a kill mid-upgrade must undo it all
+        if "key" not in columns:  # natural keys were not kept per record
             self.db.execute("ALTER TABLE records ADD COLUMN key TEXT")
             # one statement, in SQLite: a million rows must not pass through Python's memory
             self.db.create_function("casefold", 1, str.casefold, deterministic=True)
@@ -113,6 +182,21 @@ class Ledger:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('losses_counted_since_upgrade', '1')")
         self.db.execute("DROP INDEX IF EXISTS records_target")
         self.db.execute("CREATE INDEX IF NOT EXISTS records_key ON records (stream, key)")
+        if "progress" not in columns:  # progress was a "step:job id" string in a `token` column
+            self.db.execute("ALTER TABLE records RENAME COLUMN token TO progress")
+            rows = self.db.execute("SELECT stream, source_id, progress FROM records WHERE progress IS NOT NULL")
+            self.db.executemany(
+                "UPDATE records SET progress = ? WHERE stream = ? AND source_id = ?",
+                [(_encode_progress(_progress_from_token(token)), stream, sid) for stream, sid, token in rows.fetchall()],
+            )
+        if "partition_key" not in cursor_columns:  # one cursor per stream: each becomes its default partition
+            self.db.execute("ALTER TABLE cursors RENAME TO cursors_unpartitioned")
+            self.db.execute(f"CREATE TABLE cursors ({_CURSORS_COLUMNS})")
+            self.db.execute(
+                "INSERT INTO cursors (stream, partition_key, cursor, done, total)"
+                " SELECT stream, '', cursor, done, total FROM cursors_unpartitioned ORDER BY rowid"
+            )
+            self.db.execute("DROP TABLE cursors_unpartitioned")
 
     # ---- commits -------------------------------------------------------------------------
     def _apply(self) -> None:
@@ -130,7 +214,10 @@ class Ledger:
         by_columns: dict[tuple[str, ...], list[tuple[object, ...]]] = {}
         for (stream, sid), cols in self._changes.items():
             names = tuple(cols)
-            by_columns.setdefault(names, []).append((*cols.values(), now, stream, sid))
+            values = cols.values()
+            if cols.get("progress") is not None:  # rare: only writes that take several requests save any
+                values = [_encode_progress(v) if n == "progress" else v for n, v in cols.items()]  # type: ignore[arg-type]
+            by_columns.setdefault(names, []).append((*values, now, stream, sid))
         for names, rows in by_columns.items():
             sets = ", ".join("attempts = attempts + ?" if n == "attempts" else f"{n} = ?" for n in names)
             self.db.executemany(
@@ -167,8 +254,10 @@ class Ledger:
             self.commit()
             event.set()
 
-    def close(self) -> None:
-        self.commit()
+    def close(self, *, commit: bool = True) -> None:
+        """`commit=False` drops what was not committed, as a killed process would: for readers."""
+        if commit:
+            self.commit()
         self.db.close()
 
     # ---- run metadata --------------------------------------------------------------------
@@ -193,61 +282,70 @@ class Ledger:
         self._apply()
         return self.db.execute("SELECT 1 FROM records LIMIT 1").fetchone() is not None
 
-    # ---- cursors -------------------------------------------------------------------------
-    def cursor(self, stream: str) -> tuple[str | None, bool]:
-        row = self.db.execute("SELECT cursor, done FROM cursors WHERE stream = ?", (stream,)).fetchone()
+    # ---- cursors: one per (stream, partition); "" is the partition of a stream read as one ----------
+    def cursor(self, stream: str, partition: str = "") -> tuple[str | None, bool]:
+        row = self.db.execute(
+            "SELECT cursor, done FROM cursors WHERE stream = ? AND partition_key = ?", (stream, partition)
+        ).fetchone()
         return (row[0], bool(row[1])) if row else (None, False)
 
-    def set_cursor(self, stream: str, cursor: str | None, *, done: bool = False) -> None:
+    def set_cursor(self, stream: str, cursor: str | None, partition: str = "", *, done: bool = False) -> None:
         self.db.execute(
-            "INSERT INTO cursors (stream, cursor, done) VALUES (?, ?, ?) "
-            "ON CONFLICT(stream) DO UPDATE SET cursor = excluded.cursor, done = excluded.done",
-            (stream, cursor, int(done)),
+            "INSERT INTO cursors (stream, partition_key, cursor, done) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(stream, partition_key) DO UPDATE SET cursor = excluded.cursor, done = excluded.done",
+            (stream, partition, cursor, int(done)),
         )
         self._touch()
 
-    def set_total(self, stream: str, total: int | None) -> None:
+    def rewind(self, stream: str) -> None:
+        """Every partition of the stream is read again from its start (totals are kept)."""
+        self.db.execute("UPDATE cursors SET cursor = NULL, done = 0 WHERE stream = ?", (stream,))
+        self._touch()
+
+    def set_total(self, stream: str, total: int | None, partition: str = "") -> None:
         self.db.execute(
-            "INSERT INTO cursors (stream, total) VALUES (?, ?) ON CONFLICT(stream) DO UPDATE SET total = excluded.total",
-            (stream, total),
+            "INSERT INTO cursors (stream, partition_key, total) VALUES (?, ?, ?) "
+            "ON CONFLICT(stream, partition_key) DO UPDATE SET total = excluded.total",
+            (stream, partition, total),
         )
 
     # ---- records -------------------------------------------------------------------------
     def state(self, stream: str, source_id: str) -> RecordState | None:
         change = self._changes.get((stream, source_id))
-        if change is not None and "state" in change and "target_id" in change and "token" in change:
-            return RecordState(change["state"], change["target_id"], change["token"])  # type: ignore[arg-type]
+        if change is not None and "state" in change and "target_id" in change and "progress" in change:
+            return RecordState(change["state"], change["target_id"], change["progress"])  # type: ignore[arg-type]
         row = self.db.execute(
-            "SELECT state, target_id, token FROM records WHERE stream = ? AND source_id = ?", (stream, source_id)
+            "SELECT state, target_id, progress FROM records WHERE stream = ? AND source_id = ?", (stream, source_id)
         ).fetchone()
-        return self._overlay(change, row)
+        return self._overlay(change, None if row is None else _row(*row))
 
-    def _state_over(self, stream: str, source_id: str, row: tuple[str, str | None, str | None] | None) -> RecordState | None:
+    def _state_over(self, stream: str, source_id: str, row: _StoredRow | None) -> RecordState | None:
         """The state of a record whose stored row was read earlier, with the buffered changes on top."""
         return self._overlay(self._changes.get((stream, source_id)), row)
 
     @staticmethod
-    def _overlay(change: dict[str, object] | None, row: tuple[str, str | None, str | None] | None) -> RecordState | None:
+    def _overlay(change: dict[str, object] | None, row: _StoredRow | None) -> RecordState | None:
         if change is None:
             return RecordState(*row) if row else None
-        state, target_id, token = row or (PENDING, None, None)
+        state, target_id, progress = row or (PENDING, None, None)
         return RecordState(
             change.get("state", state),  # type: ignore[arg-type]
             change.get("target_id", target_id),  # type: ignore[arg-type]
-            change.get("token", token),  # type: ignore[arg-type]
+            change.get("progress", progress),  # type: ignore[arg-type]
         )
 
     def states(self, stream: str, source_ids: list[str]) -> StateSnapshot:
         """The states of one page's records in one query; see :class:`StateSnapshot`."""
-        rows: dict[str, tuple[str, str | None, str | None]] = {}
+        rows: dict[str, _StoredRow] = {}
         for start in range(0, len(source_ids), 500):
             chunk = source_ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for sid, *row in self.db.execute(
-                f"SELECT source_id, state, target_id, token FROM records WHERE stream = ? AND source_id IN ({marks})",
+            for sid, state, target_id, progress in self.db.execute(
+                f"SELECT source_id, state, target_id, progress FROM records WHERE stream = ? AND source_id IN ({marks})",
                 (stream, *chunk),
             ):
-                rows[sid] = tuple(row)  # type: ignore[assignment]
+                # inline, not _row(): this runs for every record read, and most have no progress
+                rows[sid] = (state, target_id, None if progress is None else _decode_progress(progress))
         return StateSnapshot(self, stream, rows)
 
     def owner_of(self, stream: str, key: str, other_than: str) -> str | None:
@@ -290,13 +388,13 @@ class Ledger:
         attempts = 1 + (change.get("attempts", 0) if change else 0)  # type: ignore[operator]
         self._set(stream, source_id, state=IN_FLIGHT, attempts=attempts)
 
-    def save_token(self, stream: str, source_id: str, token: str | None) -> None:
-        self._set(stream, source_id, token=token)
+    def save_progress(self, stream: str, source_id: str, progress: WriteProgress | None) -> None:
+        self._set(stream, source_id, progress=progress)
 
     def mark_written(self, stream: str, source_id: str, target_id: str, key: str, *, found: bool = False) -> None:
         """`key`: the natural key as the target compares it (what `owner_of` looks for); `found`:
         the target held it already, identical, before this migration wrote anything."""
-        self._set(stream, source_id, state=WRITTEN, target_id=target_id, token=FOUND if found else None,
+        self._set(stream, source_id, state=WRITTEN, target_id=target_id, progress=FOUND if found else None,
                   reason=None, key=key)
 
     def mark_skipped(
@@ -308,7 +406,7 @@ class Ledger:
         if target_id is None:
             self._set(stream, source_id, state=SKIPPED, reason=reason)
         else:
-            self._set(stream, source_id, state=SKIPPED, reason=reason, target_id=target_id, key=key, token=FOUND)
+            self._set(stream, source_id, state=SKIPPED, reason=reason, target_id=target_id, key=key, progress=FOUND)
 
     def add_losses(self, stream: str, losses: Iterable[tuple[str, str]]) -> None:
         """Fields of one carried record that the target does not hold: counted for the whole migration."""
@@ -325,7 +423,7 @@ class Ledger:
     ) -> None:
         message = self.redact(message)
         text = None if payload is None else self.redact(orjson.dumps(payload, default=str).decode())
-        self._set(stream, source_id, state=DEAD, reason=f"{error_class}: {message}", token=None)
+        self._set(stream, source_id, state=DEAD, reason=f"{error_class}: {message}", progress=None)
         self.db.execute(
             "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)",
             (stream, source_id, error_class, message, status, text, time.time()),
@@ -361,7 +459,48 @@ class Ledger:
             yield DeadLetter(*row)
 
     def stream_totals(self) -> dict[str, int | None]:
-        return {s: t for s, t in self.db.execute("SELECT stream, total FROM cursors")}
+        """Records per stream as the source announced them, summed over its partitions."""
+        return {s: t for s, t in self.db.execute("SELECT stream, sum(total) FROM cursors GROUP BY stream")}
+
+    def status_summary(self) -> Summary:
+        counts = self.counts()
+        cursors = [
+            CursorRow(stream, partition, cursor, bool(done), total)
+            for stream, partition, cursor, done, total in self.db.execute(
+                "SELECT stream, partition_key, cursor, done, total FROM cursors ORDER BY rowid"
+            )
+        ]
+        runs = [RunRow(*row) for row in self.db.execute("SELECT id, started, finished, outcome, mode FROM runs ORDER BY id")]
+        dead = {
+            (stream, cls): n
+            for stream, cls, n in self.db.execute(
+                "SELECT stream, error_class, count(*) FROM dead_letters GROUP BY stream, error_class"
+            )
+        }
+        return Summary(counts, cursors, runs, dead)
+
+    # ---- the dry run's snapshot of what the target already holds (scratch ledgers only) --------
+    def _ensure_target_snapshot(self) -> None:
+        if not self._target_snapshot:
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS target_keys (stream TEXT, key TEXT, fields BLOB, PRIMARY KEY (stream, key))"
+            )
+            self._target_snapshot = True
+
+    def remember_target(self, stream: str, rows: Iterable[tuple[str, Any]]) -> None:
+        """Note records the target holds, as (natural key as the target compares it, carried fields);
+        of two rows with one key the first is kept."""
+        self._ensure_target_snapshot()
+        self.db.executemany(
+            "INSERT OR IGNORE INTO target_keys VALUES (?, ?, ?)",
+            [(stream, key, orjson.dumps(fields)) for key, fields in rows],
+        )
+
+    def target_fields(self, stream: str, key: str) -> Any:
+        """The carried fields remembered for this key, or None when the target does not hold it."""
+        self._ensure_target_snapshot()
+        row = self.db.execute("SELECT fields FROM target_keys WHERE stream = ? AND key = ?", (stream, key)).fetchone()
+        return None if row is None else orjson.loads(row[0])
 
 
 class StateSnapshot:
@@ -373,7 +512,7 @@ class StateSnapshot:
 
     __slots__ = ("_ledger", "_stream", "_rows", "_applied")
 
-    def __init__(self, ledger: Ledger, stream: str, rows: dict[str, tuple[str, str | None, str | None]]):
+    def __init__(self, ledger: Ledger, stream: str, rows: dict[str, _StoredRow]):
         self._ledger, self._stream, self._rows, self._applied = ledger, stream, rows, ledger.applied
 
     def get(self, source_id: str) -> RecordState | None:

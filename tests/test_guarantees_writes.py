@@ -192,8 +192,8 @@ async def test_resume_polls_the_stored_status_id_instead_of_creating_again(sims:
     run = asyncio.create_task(api.run(plan, stop=stop, grace=1.0))  # less than any status takes
     await stop_once(sims, lambda calls, _: calls.get("create", 0) >= 4, stop)
     assert (await run)["run"]["outcome"] == "stopped"
-    left = ledger_rows(plan.ledger_path, "SELECT token FROM records WHERE stream = 'users' AND state = 'in_flight'")
-    assert len(left) == 4 and all(re.fullmatch(r"create:\S+", token or "") for (token,) in left), left
+    left = ledger_rows(plan.ledger_path, "SELECT progress FROM records WHERE stream = 'users' AND state = 'in_flight'")
+    assert len(left) == 4 and all(re.fullmatch(r'\{"step":"create","job_id":"\S+"\}', p or "") for (p,) in left), left
 
     sims.civica_state()  # Civica applies the four creates meanwhile
     sims.civica.call(lambda: setattr(sims.civica_sim, "status_delay", 0.02))

@@ -374,7 +374,8 @@ def test_starting_over_with_a_new_ledger_awards_nothing_twice(tmp_path: Path) ->
         # Civica's API cannot show a user's active state, so inactive users are deactivated again (idempotent)
         assert after["set_user_calls"]["deactivate"] == 2 * before["set_user_calls"]["deactivate"]
         found = ledger_rows(tmp_path / "fresh.sqlite",
-                            "SELECT count(*) FROM records WHERE stream = 'users' AND state = 'written' AND token = 'found'")
+                            "SELECT count(*) FROM records WHERE stream = 'users' AND state = 'written'"
+                            " AND progress = '{\"step\":\"found\"}'")
         assert found[0][0] == len(after["users"])
         assert_target_matches(after, expected_state(sims.damstra.sim))
 

@@ -217,7 +217,7 @@ class CivicaUsers(TargetStream):
             if resp.status == 200 or not location:
                 return  # applied in real time
             tid = location.rstrip("/").rsplit("/", 1)[-1]
-            await item.save_token(f"{step}:{tid}")
+            await item.save_progress(step, tid)
             outcome = await self._settled(tid, item, step)
             if outcome is True:
                 return
@@ -239,7 +239,7 @@ class CivicaUsers(TargetStream):
 
     async def write(self, item: WriteItem) -> str:
         payload, uid = item.encoded.payload, item.encoded.key
-        step, _, tid = (item.token or "").partition(":")
+        step, tid = (item.progress.step, item.progress.job_id or "") if item.progress else ("", "")
         if step in ("", "create", "update"):
             # an earlier attempt's status id, applied: that step is done (a create applied is ours)
             try:
