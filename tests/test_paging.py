@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
+from migrator import api
 from migrator.http import HostClient, HostLimits, HttpError
 from migrator.paging import (
     NO_FILTERS,
@@ -30,6 +32,10 @@ from migrator.paging import (
     ResponseCursor,
     SinglePage,
 )
+from migrator.plan import load_plan
+from migrator.verify import verify
+from tests.conftest import Sims, write_plan
+from tests.expected import assert_target_matches, expected_state
 
 
 def _token(offset: int) -> str:
@@ -377,3 +383,22 @@ async def test_anchor_rows_deleted_at_the_end_without_a_total(tenant: Tenant) ->
     ids, cursors, _ = await read_all(Anchored(damstra_offsets(10, total=None)), get(tenant, "/offset"))
     assert set(range(1, 41)) <= set(ids)
     assert cursors[-1] == "28"  # the true end of what remains
+
+
+# ---------------------------------------------------------------- Damstra's listings on these paginators
+
+
+@pytest.mark.parametrize("sims", [{"damstra": {"records": 60, "page_cap": 1, "page_default": 1}}], indirect=True)
+async def test_damstra_server_capping_pages_at_one_row_loses_nothing(sims: Sims, tmp_path: Path) -> None:
+    # Damstra documents no maximum page size: a tenant that serves one row per page, whatever is
+    # asked, still gives every user and every completion (schedule pages of 1 are short, not last)
+    data = sims.damstra.sim.data
+    completed = [sum(s.get("status") == "completed" for s in data.schedules(i)) for i in range(len(data))]
+    assert max(completed) >= 2  # some user's completions span several pages
+    plan = load_plan(write_plan(tmp_path, sims))
+    report = await api.run(plan)
+    assert report["run"]["outcome"] == "complete"
+    expected = expected_state(sims.damstra.sim)
+    assert report["streams"]["users"]["written"] == len(expected["users"])
+    assert_target_matches(sims.civica_state(), expected)
+    assert (await verify(plan))["ok"]
