@@ -259,7 +259,9 @@ class RequestBodyCursor(_Cursor):
     def ask_with(self, first: Ask, cursor: str | None) -> Ask:
         if cursor is None:
             return first
-        body = copy.deepcopy(first.body) if isinstance(first.body, dict) else {}
+        if first.body is not None and not isinstance(first.body, dict):
+            raise TypeError(f"a cursor at `{self.cursor_param}` needs a JSON object body, not {type(first.body).__name__}")
+        body = copy.deepcopy(first.body) if first.body is not None else {}
         node = body
         for key in self.field_path[:-1]:
             child = node.get(key)

@@ -10,6 +10,7 @@ same cursor) and delete rows between two requests.
 from __future__ import annotations
 
 import base64
+from bisect import insort
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from migrator.paging import (
     SinglePage,
 )
 from migrator.plan import load_plan
+from migrator.platforms.civica.simulator import Award, CivicaSimulator, parse_iso
+from migrator.simulate.server import RunningSim
 from migrator.verify import verify
 from tests.conftest import Sims, write_plan
 from tests.expected import assert_target_matches, expected_state
@@ -402,3 +405,45 @@ async def test_damstra_server_capping_pages_at_one_row_loses_nothing(sims: Sims,
     assert report["streams"]["users"]["written"] == len(expected["users"])
     assert_target_matches(sims.civica_state(), expected)
     assert (await verify(plan))["ok"]
+
+
+# ---------------------------------------------------------------- Civica's cursor in a POST body
+
+
+async def test_civica_certificates_read_with_the_request_body_cursor() -> None:
+    # how CivicaCertificates.export / reconcile read: POST GetUsersCertificates, cursor in params.cursor
+    sim = CivicaSimulator(status_delay=0.0)
+
+    def award_1200() -> None:
+        for n in range(1200):
+            stamp = f"2022-01-01T00:{n // 60:02d}:{n % 60:02d}.000Z"
+            sim.awards.append(Award(f"user{n % 7}", "CERT-101", stamp, None, None, len(sim.awards)))
+            when = parse_iso(stamp)
+            assert when is not None
+            insort(sim._award_index, (int(when.timestamp() * 1000), len(sim.awards) - 1))
+
+    listing = RequestBodyCursor(cursor_field="params.cursor", next_cursor="next_cursor", rows="certificates")
+    window = Ask(body={"params": {"from_date": "2022-01-01T00:00:00Z", "to_date": "2023-01-01T00:00:00Z"}})
+    with RunningSim(sim) as running:
+        running.call(award_1200)
+        limits = HostLimits(rate=None, max_retries=1)
+        async with HostClient(running.url, limits=limits, auth=("demo.learning-admin.com", "civica-demo-key")) as civica:
+
+            async def read(ask: Ask) -> Any:
+                return await civica.request_json("POST", "/GetUsersCertificates", json=ask.body)
+
+            pages = [page async for page in listing.pages(read, None, window)]
+            assert [len(p.rows) for p in pages] == [500, 500, 200]  # Civica's fixed 500 per page
+            dates = [r["awared_date"] for p in pages for r in p.rows]
+            assert len(set(dates)) == 1200 and dates == sorted(dates)
+
+            resumed = [page async for page in listing.pages(read, pages[0].cursor, window)]
+            assert [r["awared_date"] for p in resumed for r in p.rows] == dates[500:]
+
+            # a cursor from another date window: Civica refuses it, and the paginator does not retry or loop
+            other = Ask(body={"params": {"from_date": "2021-01-01T00:00:00Z"}})
+            sent_before = civica.stats.requests
+            with pytest.raises(HttpError) as err:
+                _ = [page async for page in listing.pages(read, pages[0].cursor, other)]
+            assert err.value.status == 400 and "cursor does not match from_date/to_date" in str(err.value)
+            assert civica.stats.requests == sent_before + 1
