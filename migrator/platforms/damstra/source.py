@@ -8,9 +8,11 @@ from typing import Any
 import anyio
 import msgspec
 
+from migrator import paging
 from migrator.connectors import Loss, Page, SourceStream, segment
 from migrator.http import HostClient, HostLimits, RequestStats
 from migrator.model import Certificate, Group, RecordError, User
+from migrator.paging import Anchored, Ask, Fetch, Offset, PagingError
 from migrator.platforms.damstra.config import DamstraSource
 from migrator.platforms.damstra.schema import (
     ACTIVE,
@@ -33,68 +35,49 @@ def _text(value: str | None) -> str | None:
     return value if value not in (None, "") else None
 
 
-class _OffsetListing:
-    """Damstra's startIndex/maxResults paging, made safe against records vanishing mid-listing.
-
-    Offset paging skips a record whenever one before the cursor is deleted between two pages, so
-    every page is asked for from `OVERLAP` records back, and must contain one of the ids that ended
-    the previous page (the anchor). If none is there, more records vanished than the overlap
-    covers, and the request steps further back until it finds one. Repeats are harmless: the
-    engine drops records it has already seen. New records (higher ids) arrive at the end.
-    """
-
-    OVERLAP = 5
-
-    def __init__(self, client: HostClient, path: str, page_size: int, params: dict[str, str] | None = None):
-        self.client, self.path, self.page_size, self.params = client, path, page_size, params or {}
-
-    async def _page(self, start: int, stats: RequestStats) -> Envelope:
-        params = {**self.params, "startIndex": str(start), "maxResults": str(self.page_size)}
-        body = await self.client.request_json("GET", self.path, params=params, stats=stats)
-        return _decode_envelope(body, self.path)
-
-    async def pages(self, cursor: str | None, stats: RequestStats) -> AsyncIterator[tuple[list[dict], int, int | None]]:
-        start = int(cursor or 0)
-        overlap = min(self.OVERLAP, self.page_size // 2)  # a page must still bring new records
-        tail: set[str] = set()  # ids that ended the previous page
-        while True:
-            back = min(start, overlap)
-            while True:
-                ask = start - back
-                env = await self._page(ask, stats)
-                ids = [str(r.get("id")) for r in env.results]
-                if not tail or ask == 0 or back == 0 or tail.intersection(ids):
-                    break
-                back = min(start, max(back, 1) * 4)  # more vanished than the overlap covers
-            if not env.results:
-                return
-            after = ask + len(env.results)
-            total = env.meta.totalResultCount if env.meta else None
-            yield env.results, after, total
-            if total is not None and after >= total:
-                return
-            if total is None and len(env.results) < self.page_size:
-                return  # no meta: a short page is the last one
-            start, tail = after, set(ids[-max(overlap, 1) :])
+ALL_USERS = Ask({"activeValue": "all"})  # activeValue defaults to "active": a full export must ask for all
+COMPLETED = Ask({"status": "completed"})
+SCHEDULE_PAGE = 100
 
 
-def _decode_envelope(body: Any, path: str) -> Envelope:
-    try:
-        return msgspec.convert(body, Envelope)
-    except msgspec.ValidationError as exc:
-        # a broken page is not one record's fault: fail loudly, the cursor keeps us resumable
-        raise RuntimeError(f"Damstra GET {path} returned an unexpected page: {exc}") from None
+def _offsets(page_size: int, total: str | None = "meta.totalResultCount") -> Offset:
+    """Damstra's paging: `startIndex` (a row offset) and `maxResults`, rows under `results`."""
+    return Offset(offset_param="startIndex", limit_param="maxResults", limit=page_size, rows="results", total=total)
+
+
+def _listing(page_size: int) -> Anchored:
+    # offset paging over a tenant that changes while we read: overlap and anchor (migrator.paging)
+    return Anchored(_offsets(page_size))
+
+
+def _getter(client: HostClient, path: str, stats: RequestStats) -> Fetch:
+    """GET `path` with the paginator's parameters; a page that is not Damstra's envelope fails loudly."""
+
+    async def fetch(ask: Ask) -> Any:
+        body = await client.request_json("GET", path, params=ask.params, stats=stats)
+        try:
+            msgspec.convert(body, Envelope)
+        except msgspec.ValidationError as exc:
+            # a broken page is not one record's fault: fail loudly, the cursor keeps us resumable
+            raise PagingError(f"Damstra GET {path} returned an unexpected page: {exc}") from None
+        return body
+
+    return fetch
+
+
+def _rows(page: paging.Page) -> list[tuple[str, Any]]:
+    return [(str(r.get("id")), r) for r in page.rows]
 
 
 class DamstraGroups(SourceStream):
     name = "groups"
 
     def __init__(self, client: HostClient, cfg: DamstraSource):
-        self.listing = _OffsetListing(client, "/group", cfg.page_size)
+        self.client, self.listing = client, _listing(cfg.page_size)
 
     async def pages(self, cursor: str | None, stats: RequestStats) -> AsyncIterator[Page]:
-        async for rows, after, total in self.listing.pages(cursor, stats):
-            yield Page([(str(r.get("id")), r) for r in rows], str(after), total)
+        async for page in self.listing.pages(_getter(self.client, "/group", stats), cursor):
+            yield Page(_rows(page), page.cursor, page.total)
 
     def decode(self, native: Any) -> Group:
         g = _convert(native, DamstraGroup)
@@ -129,13 +112,12 @@ class DamstraUsers(SourceStream):
     name = "users"
 
     def __init__(self, client: HostClient, cfg: DamstraSource):
-        # activeValue defaults to "active": a full export must ask for all
-        self.listing = _OffsetListing(client, "/user", cfg.page_size, {"activeValue": "all"})
+        self.client, self.listing = client, _listing(cfg.page_size)
         self.unknown_status = cfg.unknown_status
 
     async def pages(self, cursor: str | None, stats: RequestStats) -> AsyncIterator[Page]:
-        async for rows, after, total in self.listing.pages(cursor, stats):
-            yield Page([(str(r.get("id")), r) for r in rows], str(after), total)
+        async for page in self.listing.pages(_getter(self.client, "/user", stats), cursor, ALL_USERS):
+            yield Page(_rows(page), page.cursor, page.total)
 
     def _active(self, u: DamstraUser) -> bool:
         status = u.clientStatusId
@@ -185,20 +167,20 @@ class DamstraCompletions(SourceStream):
 
     def __init__(self, client: HostClient, cfg: DamstraSource):
         self.client = client
-        self.users = _OffsetListing(client, "/user", cfg.page_size, {"activeValue": "all"})
+        self.users = _listing(cfg.page_size)
+        # S2 pages like the other listings but reports no total: it ends on an empty page, since a
+        # short one may only be the server's page cap
+        self.schedules = _offsets(SCHEDULE_PAGE, total=None)
         self.fetchers = cfg.schedule_fetchers
 
     async def _schedules(self, user_id: Any, stats: RequestStats, out: list[tuple[str, Any]]) -> None:
-        start, size = 0, 100
-        while True:
-            params = {"status": "completed", "startIndex": str(start), "maxResults": str(size)}
-            path = f"/user/{segment(user_id)}/lesson_schedule"
-            rows = (await self.client.request_json("GET", path, params=params, stats=stats)).get("results") or []
-            out.extend((str(r.get("id")), r) for r in rows)
-            # this listing has no meta: a short page is the last one
-            if len(rows) < size:
-                return
-            start += len(rows)
+        path = f"/user/{segment(user_id)}/lesson_schedule"
+
+        async def fetch(ask: Ask) -> Any:
+            return await self.client.request_json("GET", path, params=ask.params, stats=stats)
+
+        async for page in self.schedules.pages(fetch, None, COMPLETED):
+            out.extend(_rows(page))
 
     async def _fetch_gated(
         self, gate: anyio.Semaphore, user_id: Any, stats: RequestStats, out: list[tuple[str, Any]]
@@ -207,16 +189,16 @@ class DamstraCompletions(SourceStream):
             await self._schedules(user_id, stats, out)
 
     async def pages(self, cursor: str | None, stats: RequestStats) -> AsyncIterator[Page]:
-        async for users, after, _total in self.users.pages(cursor, stats):
+        async for users in self.users.pages(_getter(self.client, "/user", stats), cursor, ALL_USERS):
             found: list[tuple[str, Any]] = []
             gate = anyio.Semaphore(self.fetchers)
 
             async with anyio.create_task_group() as tg:
-                for user in users:
+                for user in users.rows:
                     if isinstance(user.get("id"), int):
                         tg.start_soon(self._fetch_gated, gate, user["id"], stats, found)
             found.sort(key=lambda pair: pair[0])
-            yield Page(found, str(after), None)
+            yield Page(found, users.cursor, None)
 
     def losses(self, native: Any) -> Sequence[Loss]:
         by = native.get("lessonCompletedBy")
