@@ -21,7 +21,8 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from migrator.connectors import Dep, Encoded, Loss, Mapped, Page, SourceStream, TargetStream, WriteItem
 from migrator.dlq import message_shape
-from migrator.http import AuthError, HostUnreachable, HttpError, RequestStats
+from migrator.errors import RequestFailed, RunStopped
+from migrator.http import RequestStats
 from migrator.ledger import DEAD, IN_FLIGHT, SETTLED, SKIPPED, WRITTEN, Ledger, RecordState
 from migrator.model import RecordError, Skip
 
@@ -419,11 +420,11 @@ class StreamRunner:
         except RecordError as err:
             payload = encoded.payload if encoded is not None else item.native
             settled = self._failed(Failure(item, err.error_class, err.message, err.status, payload))
-        except (AuthError, HostUnreachable):
+        except RunStopped:  # refused credentials, an unreachable host: every record would fail alike
             raise
-        except HttpError as err:
+        except RequestFailed as err:
             payload = encoded.payload if encoded is not None else item.native
-            settled = self._failed(Failure(item, _error_class(err), str(err), err.status, payload))
+            settled = self._failed(Failure(item, err.error_class, str(err), err.status, payload))
         finally:
             self._release(sid)
             if settled:
@@ -508,11 +509,3 @@ class StreamRunner:
 
 def _same(key: str) -> str:
     return key
-
-
-def _error_class(err: HttpError) -> str:
-    if err.status is None:
-        return "transport_error"
-    if 400 <= err.status < 500:
-        return "target_rejected"
-    return "server_error"
