@@ -81,7 +81,9 @@ class LoginToken:
         return {}  # the token is not known before the first login
 
     def secrets(self) -> list[str]:
-        return [str(v) for k, v in self.body.items() if names_a_credential(str(k)) and isinstance(v, str | int)]
+        return [
+            str(v) for k, v in self.body.items() if names_a_credential(str(k)) and isinstance(v, str | int)
+        ]
 
     def header_value(self, token: str) -> str:
         return f"{self.scheme} {token}" if self.scheme else token
@@ -138,4 +140,6 @@ class TokenState:
                 raise
             self.token = token
             self.generation += 1
-            self.expires_at = math.inf if lifetime is None else now() + max(0.0, lifetime - self.spec.refresh_early)
+            self.expires_at = (
+                math.inf if lifetime is None else now() + max(0.0, lifetime - self.spec.refresh_early)
+            )

@@ -198,7 +198,9 @@ class HostClient:
         idempotent; for a write it means the outcome is unknown."""
         attempt = 0
         while True:
-            resp = await self.request(method, path, params=params, json=json, idempotent=idempotent, stats=stats)
+            resp = await self.request(
+                method, path, params=params, json=json, idempotent=idempotent, stats=stats
+            )
             try:
                 return resp.json()
             except ProtocolError as err:
@@ -424,7 +426,9 @@ class HostClient:
         state = self._token
         assert state is not None
         spec = state.spec
-        resp = await self.request("POST", spec.path, json=dict(spec.body), accept=_LOGIN_ANSWERS, authenticate=False)
+        resp = await self.request(
+            "POST", spec.path, json=dict(spec.body), accept=_LOGIN_ANSWERS, authenticate=False
+        )
         shown = self.show_path(resp.path, None)
         if resp.status not in (200, 201):
             body_excerpt = excerpt(resp.body, self._redact)

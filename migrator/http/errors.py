@@ -53,7 +53,9 @@ class HostUnreachable(HttpError, RunStopped):
     ``base_url`` and ``tried`` hold the parts for callers that phrase their own line.
     """
 
-    def __init__(self, *, base_url: str, tried: str, reached: bool, method: str, path: str, host: str) -> None:
+    def __init__(
+        self, *, base_url: str, tried: str, reached: bool, method: str, path: str, host: str
+    ) -> None:
         self.base_url = base_url
         self.tried = tried
         self.reached = reached  # the host did answer earlier in this run: down, not misnamed

@@ -32,7 +32,11 @@ class HostLimits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         # Meta constraints only run when decoding a plan; direct construction is checked here too.
-        if self.rate is not None and self.rate != UNLIMITED and not (isinstance(self.rate, float | int) and self.rate > 0):
+        if (
+            self.rate is not None
+            and self.rate != UNLIMITED
+            and not (isinstance(self.rate, float | int) and self.rate > 0)
+        ):
             raise ValueError('rate must be > 0, "unlimited", or omitted for adaptive')
         if self.burst < 1 or self.concurrency < 1 or self.max_retries < 0:
             raise ValueError("burst and concurrency must be >= 1 and max_retries >= 0")

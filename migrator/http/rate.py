@@ -110,7 +110,9 @@ class HostRate:
                     if self.limiter is not None:
                         await self._set_rate(self.rate)
         if self.limiter is None and status == 429:
-            log.warning("%s: HTTP 429 although the plan says the rate is unlimited; adapting from now on", self.name)
+            log.warning(
+                "%s: HTTP 429 although the plan says the rate is unlimited; adapting from now on", self.name
+            )
             self.adaptive, self.configured = True, math.inf
             await self._set_rate(self.limits.adaptive_start)
             self._last_cut = now

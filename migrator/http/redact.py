@@ -13,7 +13,13 @@ from typing import Any
 from urllib.parse import quote, quote_plus, unquote_plus
 
 __all__ = [
-    "REDACTED", "Redactor", "credential_values", "excerpt", "excerpt_redactor", "names_a_credential", "show_path",
+    "REDACTED",
+    "Redactor",
+    "credential_values",
+    "excerpt",
+    "excerpt_redactor",
+    "names_a_credential",
+    "show_path",
 ]
 
 REDACTED = "***"
@@ -29,7 +35,9 @@ _CREDENTIAL_KEY_PARTS = (
     "token", "secret", "passw", "signature", "credential", "apikey", "authoriz", "oauth", "session",
     "cookie", "jwt", "private",
 )  # fmt: skip
-_CREDENTIAL_KEY_WORDS = frozenset({"key", "sig", "code", "auth", "pwd", "pass", "pin", "otp", "hmac", "nonce"})
+_CREDENTIAL_KEY_WORDS = frozenset(
+    {"key", "sig", "code", "auth", "pwd", "pass", "pin", "otp", "hmac", "nonce"}
+)
 _MIN_ECHO_REDACTED = 4  # characters a credential-named query value needs to be hunted in error bodies
 _KEY_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
