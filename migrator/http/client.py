@@ -329,10 +329,11 @@ class HostClient:
                     attempt -= 1
                     continue
                 shown = self.show_path(path, send_params)
-                body_excerpt = excerpt(outcome.body, self.excerpt_redactor(path, send_params))
+                redact = self.excerpt_redactor(path, send_params)
+                body_excerpt = excerpt(outcome.body, redact)
                 if rejected is not None:
                     raise (AuthError if rejected.auth else HttpError)(
-                        f"{method} {shown}: HTTP {status}: {self._redact(rejected.reason)}",
+                        f"{method} {shown}: HTTP {status}: {redact(rejected.reason)}",
                         status=status,
                         method=method,
                         path=shown,
