@@ -6,16 +6,19 @@ import asyncio
 import base64
 import email.utils
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from migrator.http import (
     AmbiguousOutcome,
     AuthError,
+    BasicAuth,
     HostClient,
     HostLimits,
     HttpError,
@@ -246,6 +249,27 @@ async def test_basic_auth_password_is_redacted(server: ScriptedServer) -> None:
     encoded = base64.b64encode(f"api-user:{PASSWORD}".encode()).decode()
     assert "authorization=***" in info.value.body_excerpt
     assert encoded not in str(info.value) and PASSWORD not in str(info.value)
+
+
+@pytest.mark.parametrize("spelling", ["tuple", "aiohttp", "ours"])
+async def test_basic_auth_is_sent_in_any_of_its_spellings(server: ScriptedServer, spelling: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # aiohttp.BasicAuth is deprecated, still accepted
+        auth: Any = {
+            "tuple": ("api-user", PASSWORD),
+            "aiohttp": aiohttp.BasicAuth("api-user", PASSWORD),
+            "ours": BasicAuth("api-user", PASSWORD),
+        }[spelling]
+    seen: list[str | None] = []
+
+    async def remember(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({})
+
+    server.script("/me", remember)
+    async with HostClient(server.url, limits=fast_limits(), auth=auth) as http:
+        await http.request("GET", "/me")
+    assert seen == ["Basic " + base64.b64encode(f"api-user:{PASSWORD}".encode()).decode()]
 
 
 def test_plain_http_is_refused_for_non_loopback_hosts() -> None:

@@ -116,9 +116,10 @@ class HostClient:
         self.limits = limits
         self.stats = RequestStats()
 
-        if isinstance(auth, tuple | aiohttp.BasicAuth):
-            login, password = auth if isinstance(auth, tuple) else (auth.login, auth.password)
-            auth = BasicAuth(login, password)
+        if isinstance(auth, aiohttp.BasicAuth):  # a namedtuple of three: test it before plain tuples
+            auth = BasicAuth(auth.login, auth.password)
+        elif isinstance(auth, tuple):
+            auth = BasicAuth(*auth)
         self._headers = dict(headers or {})
         secret_values = list(secrets)
         self._token: TokenState | None = None  # login-token auth only
