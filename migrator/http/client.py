@@ -29,9 +29,9 @@ from migrator.http.retry import (
     NOT_APPLIED_STATUSES,
     PAUSING_STATUSES,
     RETRYABLE_STATUSES,
-    UNREACHED_ATTEMPTS,
-    UNREACHED_DELAY_CAP,
     backoff_delay,
+    retry_budget,
+    retry_delay,
 )
 from migrator.http.stats import RequestStats
 from migrator.http.transport import Response, TransportFailure, send
@@ -377,10 +377,7 @@ class HostClient:
                 failing_since = started
             cannot_connect = isinstance(outcome, TransportFailure) and outcome.surely_not_sent
             never_reached = cannot_connect and not self._reached
-            budget = self.limits.max_retries
-            if never_reached:
-                budget = min(budget, UNREACHED_ATTEMPTS - 1)
-            if attempt > budget:
+            if attempt > retry_budget(self.limits, never_reached=never_reached):
                 if cannot_connect:
                     raise HostUnreachable(
                         base_url=self._redact(self.base_url),
@@ -404,9 +401,7 @@ class HostClient:
                 # The host pause is the wait; the gate will hold this attempt (and everyone else).
                 log.info("%s: %s %s -> %s, host paused %.1fs", self.name, method, shown, reason, retry_after)
                 continue
-            delay = backoff_delay(self.limits, attempt)
-            if never_reached:
-                delay = min(delay, UNREACHED_DELAY_CAP)
+            delay = retry_delay(self.limits, attempt, never_reached=never_reached)
             log.debug(
                 "%s: %s %s -> %s, retry %d/%d in %.2fs",
                 self.name,

@@ -20,6 +20,8 @@ __all__ = [
     "UNREACHED_DELAY_CAP",
     "backoff_delay",
     "parse_retry_after",
+    "retry_budget",
+    "retry_delay",
 ]
 
 # Statuses that say "not now" rather than "never": worth another attempt.
@@ -38,6 +40,19 @@ UNREACHED_DELAY_CAP = 0.5  # seconds between those attempts, at most
 def backoff_delay(limits: HostLimits, attempt: int) -> float:
     """Full-jitter exponential backoff before retry number ``attempt`` (1-based)."""
     return random.uniform(0, min(limits.backoff_cap, limits.backoff_base * 2 ** (attempt - 1)))
+
+
+def retry_budget(limits: HostLimits, *, never_reached: bool) -> int:
+    """Retries a request may make. A host that never accepted a connection gets only a few."""
+    if never_reached:
+        return min(limits.max_retries, UNREACHED_ATTEMPTS - 1)
+    return limits.max_retries
+
+
+def retry_delay(limits: HostLimits, attempt: int, *, never_reached: bool) -> float:
+    """Seconds before retry number ``attempt`` when no ``Retry-After`` said how long."""
+    delay = backoff_delay(limits, attempt)
+    return min(delay, UNREACHED_DELAY_CAP) if never_reached else delay
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
