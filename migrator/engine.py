@@ -24,7 +24,8 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from migrator.connectors import Dep, Encoded, Found, Loss, Mapped, Page, SourceStream, TargetStream, WriteItem
 from migrator.dlq import message_shape
-from migrator.http import AuthError, HostUnreachable, HttpError, RequestStats
+from migrator.errors import RequestFailed, RunStopped
+from migrator.http import RequestStats
 from migrator.ledger import (
     DEAD,
     FOUND,
@@ -447,11 +448,11 @@ class StreamRunner:
         except RecordError as err:
             payload = encoded.payload if encoded is not None else item.native
             settled = self._failed(Failure(item, err.error_class, err.message, err.status, payload))
-        except (AuthError, HostUnreachable):
+        except RunStopped:  # refused credentials, an unreachable host: every record would fail alike
             raise
-        except HttpError as err:
+        except RequestFailed as err:
             payload = encoded.payload if encoded is not None else item.native
-            settled = self._failed(Failure(item, _error_class(err), str(err), err.status, payload))
+            settled = self._failed(Failure(item, err.error_class, str(err), err.status, payload))
         finally:
             self._release(sid)
             if settled:
@@ -533,11 +534,3 @@ class StreamRunner:
 
 
 _SENDS = frozenset({"would_create", "would_update", "already_in_target_written_again"})  # dry-run verdicts that write
-
-
-def _error_class(err: HttpError) -> str:
-    if err.status is None:
-        return "transport_error"
-    if 400 <= err.status < 500:
-        return "target_rejected"
-    return "server_error"

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 import msgspec
 import orjson
 
+from migrator.http.redact import Redactor
+
 PENDING, IN_FLIGHT, WRITTEN, SKIPPED, DEAD = "pending", "in_flight", "written", "skipped", "dead"
 SETTLED = (WRITTEN, SKIPPED, DEAD)
 GROUP_COMMIT_SECONDS = 0.002
@@ -430,9 +432,7 @@ class Ledger:
         )
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return Redactor(self._secrets)(text)  # the project's one redactor: encoded forms too
 
     def reopen_dead(self, stream: str, source_id: str, state: str = PENDING) -> None:
         """A dead letter is being re-driven: it becomes pending (or in flight, when its outcome was

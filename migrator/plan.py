@@ -5,7 +5,6 @@ A plan never runs anything; it only says what to move, where from, where to and 
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import tomllib
@@ -16,7 +15,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from migrator.http import HostLimits
+from migrator.http import HostLimits, is_loopback
 from migrator.platforms.civica.config import CivicaTarget
 from migrator.platforms.damstra.config import DamstraSource
 
@@ -238,17 +237,6 @@ def explain(err: msgspec.ValidationError, *, root: Any = None, prefix: list[str]
             return f"`{where}`: {bad} is not allowed ({text}); it may also be one of: {choices}"
         return f"`{where}`: {bad} is not allowed; choose one of: {choices}"
     return f"`{where or 'plan'}`: {text}"
-
-
-def is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_url(url: str, key: str) -> None:

@@ -6,21 +6,27 @@ import asyncio
 import base64
 import email.utils
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from migrator.http import (
     AmbiguousOutcome,
     AuthError,
+    BasicAuth,
     HostClient,
     HostLimits,
     HttpError,
     ProtocolError,
+    Rejection,
     RequestStats,
+    Response,
+    is_loopback,
     parse_retry_after,
 )
 
@@ -245,6 +251,27 @@ async def test_basic_auth_password_is_redacted(server: ScriptedServer) -> None:
     assert encoded not in str(info.value) and PASSWORD not in str(info.value)
 
 
+@pytest.mark.parametrize("spelling", ["tuple", "aiohttp", "ours"])
+async def test_basic_auth_is_sent_in_any_of_its_spellings(server: ScriptedServer, spelling: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # aiohttp.BasicAuth is deprecated, still accepted
+        auth: Any = {
+            "tuple": ("api-user", PASSWORD),
+            "aiohttp": aiohttp.BasicAuth("api-user", PASSWORD),
+            "ours": BasicAuth("api-user", PASSWORD),
+        }[spelling]
+    seen: list[str | None] = []
+
+    async def remember(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({})
+
+    server.script("/me", remember)
+    async with HostClient(server.url, limits=fast_limits(), auth=auth) as http:
+        await http.request("GET", "/me")
+    assert seen == ["Basic " + base64.b64encode(f"api-user:{PASSWORD}".encode()).decode()]
+
+
 def test_plain_http_is_refused_for_non_loopback_hosts() -> None:
     for url in ("http://lms.example.com/api", "http://10.0.0.5", "http://[2001:db8::1]/x"):
         with pytest.raises(ValueError, match="https"):
@@ -256,6 +283,56 @@ def test_plain_http_is_refused_for_non_loopback_hosts() -> None:
         HostClient("https://user:pw@lms.example.com", limits=HostLimits())
     with pytest.raises(ValueError):
         HostClient("ftp://lms.example.com", limits=HostLimits())
+
+
+LOOPBACK = ("127.0.0.1", "127.5.0.1", "localhost", "LocalHost", "localhost.", "[::1]", "::1", "[::ffff:127.0.0.1]")
+NOT_LOOPBACK = ("localhost.evil.com", "localhostx", "evil-localhost", "10.0.0.5", "lms.example.com", "[2001:db8::1]")
+
+
+@pytest.mark.parametrize("host", LOOPBACK + NOT_LOOPBACK)
+def test_the_client_and_the_plan_agree_on_what_is_loopback(host: str) -> None:
+    from migrator.plan import PlanError, check_url
+
+    url = f"http://{host if ':' not in host or host.startswith('[') else f'[{host}]'}:8080/api"
+    if host in LOOPBACK:
+        HostClient(url, limits=HostLimits())
+        check_url(url, "target.base_url")
+        assert is_loopback(host)
+        return
+    assert not is_loopback(host) and not is_loopback(None) and not is_loopback("")
+    with pytest.raises(ValueError, match="https"):
+        HostClient(url, limits=HostLimits())
+    with pytest.raises(PlanError, match="`target.base_url`: .*https://"):
+        check_url(url, "target.base_url")
+
+
+def test_the_ledger_redacts_with_the_same_redactor_as_the_client() -> None:
+    from migrator.ledger import Ledger
+
+    secret = "s3cr3t key/with+chars"
+    ledger = Ledger(":memory:", redact=[secret])
+    encoded = "s3cr3t%20key%2Fwith%2Bchars"  # how it looks once it travelled in a query string
+    ledger.mark_dead("users", "u1", "target_rejected", f"GET /x?k={encoded}: {secret}", 400, {"echo": encoded})
+    (dead,) = ledger.dead_letters()
+    assert dead.message == "GET /x?k=***: ***" and dead.payload == '{"echo":"***"}'
+
+
+async def test_a_validation_hook_turns_a_200_into_an_error_without_retrying(server: ScriptedServer) -> None:
+    server.script("/enroll", reply(200, {"error": True, "message": f"Unknown key 'colour' for {TOKEN}"}))
+    server.script("/fine", reply(200, {"error": False}))
+
+    def soft_errors(resp: Response) -> Rejection | None:
+        body = resp.json()
+        return Rejection(body["message"], error_class="unknown_field") if body.get("error") else None
+
+    async with HostClient(server.url, limits=fast_limits(), secrets=[TOKEN], validate=soft_errors) as http:
+        assert (await http.request("GET", "/fine")).json() == {"error": False}
+        with pytest.raises(HttpError) as info:
+            await http.request("POST", "/enroll", json={}, idempotent=False)
+    err = info.value
+    assert str(err) == "POST /enroll: HTTP 200: Unknown key 'colour' for ***"
+    assert (err.status, err.error_class) == (200, "unknown_field") and not isinstance(err, AuthError)
+    assert server.count("/enroll") == 1 and http.stats.retries == 0
 
 
 async def test_base_url_path_prefix_and_params_are_kept(server: ScriptedServer) -> None:
