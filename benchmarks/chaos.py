@@ -46,9 +46,9 @@ Measured {now_utc()} on {machine_line()}; took {result['seconds']} s.
 
 | users | kills survived | users written | certificates written | lost | duplicated | ledger unsettled | verify |
 |---:|---:|---:|---:|---:|---:|---:|---|
-| {result['records']:,} | {result['kills']} | {result['users_written']:,} | {result['certificates_written']:,} | {result['lost']} | {result['duplicated']} | {result['unsettled_in_ledger']} | {'ok' if result['verify_ok'] else 'MISMATCH'} |
+| {result['records']:,} | {result['kills']} | {result['written']['users']:,} | {result['written']['certificates']:,} | {result['lost']} | {result['duplicated']} | {result['unsettled_in_ledger']} | {'ok' if result['verify_ok'] else 'MISMATCH'} |
 
-AwardCertificate calls sent: {result['award_calls']:,} for {result['certificates_written']:,} awards
+AwardCertificate calls sent: {result['write_calls']['certificates']:,} for {result['written']['certificates']:,} awards
 (equal means no award was ever sent twice); SetUser calls: {result['set_user_calls']}.
 Each run lives {args.min_gap}–{args.max_gap} s (seeded) before `SIGKILL`; the next one is `migrator run --resume`.
 

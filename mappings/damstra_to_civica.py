@@ -46,3 +46,19 @@ class DamstraToCivica:
                 raise RecordError("unmapped_value", why)
             return Mapped(msgspec.structs.replace(record, course_id=ref), [("users", record.user_id)])
         raise RecordError("unexpected_record", f"{stream}: no mapping for {type(record).__name__}")
+
+
+MAPPING = DamstraToCivica
+
+# `migrator demo damstra civica`: the demo source's lessons 101-118 map to the simulator's certifications
+DEMO = """[streams.users]
+writers = 128                          # SetUser is async: many users wait on their 202 at once
+
+[streams.certificates]
+writers = 32
+
+[mapping]
+unmapped_lessons = "skip"              # completions of lessons without a certification are skipped
+
+[mapping.certifications]               # Damstra lesson id -> Civica certification ref
+""" + "\n".join(f'"{lesson}" = "CERT-{lesson}"' for lesson in range(101, 119)) + "\n"

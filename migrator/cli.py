@@ -298,12 +298,51 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from migrator.demo import demo
+    from migrator.demo import DEFAULT_PAIR, DemoError, demo
 
-    return demo(records=args.records, report_path=args.report, quiet=args.quiet, workdir=args.workdir)
+    pair = args.pair or list(DEFAULT_PAIR)
+    if len(pair) != 2:
+        return _fail(f"demo takes a SOURCE and a TARGET platform, or neither ({' '.join(DEFAULT_PAIR)})", EXIT_USAGE)
+    source, target = pair
+    try:
+        return demo(source=source, target=target, records=args.records, report_path=args.report, quiet=args.quiet,
+                    workdir=args.workdir)
+    except DemoError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+
+
+def cmd_platforms(args: argparse.Namespace) -> int:
+    from mappings import pairs
+    from migrator.demo import demo_pairs
+    from migrator.platforms.registry import platforms
+
+    known = platforms()
+    listing = {
+        "platforms": [
+            {"name": p.name, "title": p.title, "directions": p.directions, "streams": p.streams,
+             "simulator": p.simulator is not None}
+            for p in known.values()
+        ],
+        "pairs": [{"source": s, "target": t, "demo": (s, t) in demo_pairs()} for s, t in pairs()],
+    }
+    if args.json:
+        print(orjson.dumps(listing, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    for p in listing["platforms"]:
+        print(f"{p['name']:<10} {p['title']}  [{' + '.join(p['directions']) or 'no side yet'}]"
+              + ("  simulator" if p["simulator"] else ""))
+        for stream, record in p["streams"].items():
+            print(f"    {stream:<14} {record}")
+    print("pairs (source -> target):")
+    for pair in listing["pairs"]:
+        demo_note = f"  (migrator demo {pair['source']} {pair['target']})" if pair["demo"] else ""
+        print(f"    {pair['source']} -> {pair['target']}{demo_note}")
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from migrator.demo import DEFAULT_PAIR
+
     parser = argparse.ArgumentParser(
         prog="migrator",
         description="Move users, groups and certificates between learning platforms: fast, resumable,"
@@ -350,15 +389,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--verbose", "-v", action="store_true")
     q.set_defaults(func=cmd_dlq_retry)
 
-    from migrator.simcli import SIM_EPILOG
+    from migrator.platforms.registry import platforms
+    from migrator.simcli import add_platform_options, sim_epilog
 
     p = sub.add_parser(
-        "sim", help="serve a platform simulator on 127.0.0.1", epilog=SIM_EPILOG,
+        "sim", help="serve a platform simulator on 127.0.0.1", epilog=sim_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve a simulator of a platform's API on 127.0.0.1, for trying plans: same paths, auth,"
         " paging, envelopes, status codes and error bodies as the vendor's document.",
     )
-    p.add_argument("platform", choices=["damstra", "civica"])
+    p.add_argument("platform", choices=[name for name, p in platforms().items() if p.simulator])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--records", type=int, default=1000, help="generated users (source simulators)")
     p.add_argument("--seed", type=int, default=1)
@@ -370,25 +410,24 @@ def build_parser() -> argparse.ArgumentParser:
         'latency=20ms,after=0.5,seed=7" (after: share of write faults that strike once the write is applied)',
     )
     p.add_argument("--data", metavar="FILE.jsonl", help="serve these records instead of generated ones")
-    p.add_argument("--status-delay", type=float, default=0.5, help="civica: seconds a SetUser stays pending")
-    p.add_argument("--status-fail", type=float, default=0.0, help="civica: share of SetUsers that end failed (3)")
-    p.add_argument("--status-stuck", type=float, default=0.0,
-                   help="civica: share of SetUsers that stay pending for a long while, then fail")
     p.add_argument("--retry-after", choices=["seconds", "date", "none"], default="seconds",
                    help="the form of Retry-After on a 429")
-    p.add_argument("--usernames-ignore-case", action="store_true",
-                   help="civica: `Ann` and `ann` are one user (Civica's doc does not say; the default keeps them apart)")
-    p.add_argument("--key", help="the key the simulator accepts (default: damstra-demo-key / civica-demo-key)")
-    p.add_argument("--scope", help="civica: the portal domain it accepts as Basic-auth user name"
-                   " (default: demo.learning-admin.com)")
+    p.add_argument("--key", help="the key the simulator accepts (default: its demo key, printed at start-up)")
+    add_platform_options(p)
     p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("demo", help="migrate between two embedded simulators, then verify")
+    p.add_argument("pair", nargs="*", metavar="SOURCE TARGET",
+                   help=f"the platforms to migrate between (default: {' '.join(DEFAULT_PAIR)}; see `migrator platforms`)")
     p.add_argument("--records", type=int, default=1000, help="users in the source simulator")
     p.add_argument("--report", metavar="PATH", help="write the JSON run report here")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--workdir", default=".demo", help="where the demo plan and ledger go")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("platforms", help="list the platforms, their streams, and the supported pairs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_platforms)
     return parser
 
 

@@ -64,7 +64,7 @@ class WriteItem(msgspec.Struct, kw_only=True):
     stream: str
     source_id: str
     encoded: Encoded
-    progress: WriteProgress | None  # how far an earlier attempt got (e.g. a Civica step and its status id)
+    progress: WriteProgress | None  # how far an earlier attempt got (e.g. a step and the job id a target answered)
     store_progress: Callable[[WriteProgress | None], Awaitable[None]]  # the engine's: into the ledger
     stats: RequestStats
     # the plan's policy for a record that already existed in the target before this migration:

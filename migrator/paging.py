@@ -107,7 +107,7 @@ class SinglePage(Paginator):
 
 
 class Offset(Paginator):
-    """Row offset plus page size (Damstra `startIndex`/`maxResults`, `offset`/`limit`, `skip`/`top`).
+    """Row offset plus page size (`startIndex`/`maxResults`, `offset`/`limit`, `skip`/`top`).
 
     The cursor is the row offset to read next. Moves on by the rows received, never by the size
     asked: a server may cap the size silently.
@@ -249,7 +249,7 @@ class ResponseCursor(_Cursor):
 
 class RequestBodyCursor(_Cursor):
     """Cursor from the response body, sent back inside the POST JSON body at a dotted path
-    (Civica: `params.cursor`). The listing's own body (filters, dates) is resent with every page."""
+    (e.g. `params.cursor`). The listing's own body (filters, dates) is resent with every page."""
 
     def __init__(self, *, cursor_field: str = "params.cursor", next_cursor: str = "next_cursor", rows: str | None,
                  total: str | None = None) -> None:

@@ -16,13 +16,20 @@ from urllib.parse import urlsplit
 import msgspec
 
 from migrator.http import HostLimits, is_loopback
-from migrator.platforms.civica.config import CivicaTarget
-from migrator.platforms.damstra.config import DamstraSource
+from migrator.platforms import registry
 
-SourceEndpoint = DamstraSource
-TargetEndpoint = CivicaTarget
-SOURCE_PLATFORMS = ("damstra",)
-TARGET_PLATFORMS = ("civica",)
+
+def _endpoint(names: list[str]) -> Any:
+    """The plan section for one side: the config Structs of the platforms that can serve it, as a
+    union tagged by `platform` (msgspec picks the Struct by that key)."""
+    configs = tuple(registry.platform(name).config for name in names)
+    return configs[0] if len(configs) == 1 else Union[configs]  # noqa: UP007 (built at run time)
+
+
+SOURCE_PLATFORMS = tuple(registry.sources())
+TARGET_PLATFORMS = tuple(registry.targets())
+SourceEndpoint = _endpoint(list(SOURCE_PLATFORMS))
+TargetEndpoint = _endpoint(list(TARGET_PLATFORMS))
 
 
 class PlanError(Exception):

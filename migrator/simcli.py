@@ -9,75 +9,70 @@ from typing import Any
 
 import anyio
 
-DAMSTRA_KEY, CIVICA_SCOPE, CIVICA_KEY = "damstra-demo-key", "demo.learning-admin.com", "civica-demo-key"
+from migrator.platforms import registry
 
-# `migrator sim --help` epilog; README.md's "Simulators" section says the same.
-SIM_EPILOG = f"""\
-credentials (test credentials of a local simulator: printed at start-up):
-  damstra  header `AccessKey: {DAMSTRA_KEY}` (--key)
-           plan: base_url = "http://127.0.0.1:PORT/api/v2", access_key = "${{DAMSTRA_ACCESS_KEY}}"
-  civica   HTTP Basic, user name = scope `{CIVICA_SCOPE}` (--scope), password = `{CIVICA_KEY}` (--key)
-           plan: base_url = "http://127.0.0.1:PORT", scope = "{CIVICA_SCOPE}", api_key = "${{CIVICA_API_KEY}}"
-  e.g.     migrator sim civica --port 8081 --scope example.learning-admin.com --key "$CIVICA_API_KEY"
 
---data FILE.jsonl: one JSON object per line (blank lines skipped); "kind" says what it is
-  damstra (replaces the generated records; --records and --seed are then ignored):
-    {{"kind": "group", "id": 1, "name": "Crew", "description": "Night shift"}}
-    {{"kind": "user", "id": 7, "userName": "ann.lee", "firstName": "Ann", "lastName": "Lee",
-     "emailAddress": "ann@example.org", "employeeNumber": "E7", "clientStatusId": 56,
-     "groups": [{{"id": 1}}], "timeZone": "Australia/Perth"}}
-    {{"kind": "lesson", "lessonId": 101, "lessonVersionId": 5001, "name": "Fire safety", "status": "active"}}
-    {{"kind": "schedule", "id": 55, "userId": 7, "lessonId": 101, "lessonName": "Fire safety",
-     "status": "completed", "lessonCompletedDate": "2024-03-01T10:00:00.000Z"}}
-    Any other field of the Damstra API may be added; each record is served as written, without "kind".
-    Users and groups are listed in id order. clientStatusId 56 is Active, 57 Not Current (without
-    it, "active": true/false decides). Completions are schedules with "status": "completed"; they
-    migrate as certificates when the plan maps their lessonId to a certification.
-  civica (users the portal holds before the migration; without --data the portal starts empty):
-    {{"kind": "user", "profile": {{"username": "bob.tan", "forename": "Bob", "surname": "Tan",
-     "mail": "bob@example.org", "employee_number": "E9", "timezone": "UTC"}},
-     "groups": ["Crew"], "active": true}}
-    profile.username is required; lines of any other kind are ignored. The portal always offers
-    certifications CERT-101 ... CERT-140 (the demo plan maps lesson N to CERT-N).
+def sim_epilog() -> str:
+    """`migrator sim --help` epilog, from each platform's part; README.md's "Simulators" section says the same."""
+    listed = sorted(registry.platforms().values(), key=lambda p: (p.open_source is None, p.name))  # sources first
+    sims = [p.sim for p in listed if p.sim is not None]
+    return (
+        "credentials (test credentials of a local simulator: printed at start-up):\n"
+        + "".join(s.credentials_help for s in sims)
+        + '\n--data FILE.jsonl: one JSON object per line (blank lines skipped); "kind" says what it is\n'
+        + "".join(s.data_help for s in sims)
+        + ROUTES
+    )
 
+
+ROUTES = """
 simulator routes (outside the API: no credentials, no rate limit, no faults):
   GET  /_sim/stats       JSON counters: requests, by_status (answers per HTTP status), faults; civica adds
                          users, active_users, awards, duplicate_awards, pending, failed_ops,
                          stuck_ops, set_user_calls (per action) and award_calls
-  POST /_sim/rotate_key  damstra: body {{"access_key": "NEW"}}; the old key is refused (401) from now on
+  POST /_sim/rotate_key  damstra: body {"access_key": "NEW"}; the old key is refused (401) from now on
 """
+
+
+def add_platform_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every platform's simulator (each help says which platform takes it)."""
+    for platform in registry.platforms().values():
+        for option in platform.sim.options if platform.sim else ():
+            if option.flag_means_false:
+                parser.add_argument(option.flag, dest=option.keyword, action="store_false", default=None,
+                                    help=option.help)
+            else:
+                parser.add_argument(option.flag, dest=option.keyword, type=option.type, default=None,
+                                    help=option.help)
 
 
 def build_simulator(args: argparse.Namespace) -> Any:
     from migrator.simulate.faults import FaultSpec
 
+    platform = registry.platform(args.platform)
+    assert platform.simulator is not None and platform.sim is not None
     faults = FaultSpec.parse(args.faults) if args.faults else None
-    common = {"rate": args.rate, "burst": args.burst, "faults": faults, "data": args.data, "seed": args.seed,
-              "retry_after": args.retry_after}
-    if args.platform == "damstra":
-        from migrator.platforms.damstra.simulator import DamstraSimulator
+    options: dict[str, Any] = {"rate": args.rate, "burst": args.burst, "faults": faults, "data": args.data,
+                               "seed": args.seed, "retry_after": args.retry_after}
+    if platform.open_source:
+        options["records"] = args.records  # a source generates users; a target starts empty
+    if args.key:
+        options[platform.sim.credential_keyword] = args.key
+    for option in platform.sim.options:
+        value = getattr(args, option.keyword)
+        options[option.keyword] = option.default if value is None else value
+    return platform.simulator(**{k: v for k, v in options.items() if v is not None})
 
-        return DamstraSimulator(records=args.records, access_key=args.key or DAMSTRA_KEY, **common)
-    from migrator.platforms.civica.simulator import CivicaSimulator
 
-    civica = {"status_delay": args.status_delay, "status_fail": args.status_fail, "status_stuck": args.status_stuck,
-              "usernames_case_sensitive": not args.usernames_ignore_case}
-    return CivicaSimulator(scope=args.scope or CIVICA_SCOPE, api_key=args.key or CIVICA_KEY, **civica, **common)
-
-
-def accepted_credentials(platform: str, sim: Any, url: str) -> list[str]:
-    """What a plan needs to talk to this simulator: its base_url and the credentials it accepts."""
-    if platform == "damstra":
-        return [
-            f"accepts: access key {sim.access_key!r} (AccessKey header)",
-            f'plan [source]: platform = "damstra", base_url = "{url}/api/v2", access_key = "${{DAMSTRA_ACCESS_KEY}}"'
-            f" with DAMSTRA_ACCESS_KEY={sim.access_key}",
-        ]
+def misplaced_options(args: argparse.Namespace) -> list[str]:
+    """Platform options given for a simulator that does not take them, each as a message."""
+    mine = {o.keyword for o in registry.platform(args.platform).sim.options}  # type: ignore[union-attr]
     return [
-        f"accepts: scope {sim.scope!r} with api key {sim.api_key!r} (HTTP Basic: scope as user name, key as password)",
-        f'plan [target]: platform = "civica", base_url = "{url}", scope = "{sim.scope}",'
-        f' api_key = "${{CIVICA_API_KEY}}" with CIVICA_API_KEY={sim.api_key}',
-    ]
+        f"{option.flag} is a {p.name} setting; the {args.platform} simulator does not take it"
+        for p in registry.platforms().values() if p.sim is not None
+        for option in p.sim.options
+        if option.keyword not in mine and getattr(args, option.keyword, None) is not None
+    ]  # fmt: skip
 
 
 def _fail(message: str) -> int:
@@ -88,8 +83,9 @@ def _fail(message: str) -> int:
 def serve_simulator(args: argparse.Namespace) -> int:
     from migrator.simulate.server import serve
 
-    if args.scope and args.platform != "civica":
-        return _fail("--scope is a civica setting (the portal domain); damstra takes only --key")
+    misplaced = misplaced_options(args)
+    if misplaced:
+        return _fail(f"{misplaced[0]} (see migrator sim --help)")
     try:
         sim = build_simulator(args)
     except OSError as exc:
@@ -99,7 +95,7 @@ def serve_simulator(args: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         print(f"{args.platform} simulator listening on {url} (Ctrl-C to stop)", flush=True)
-        for line in accepted_credentials(args.platform, sim, url):
+        for line in registry.platform(args.platform).sim.banner(sim, url):  # type: ignore[union-attr]
             print(f"  {line}", flush=True)
 
     async def serve_until_signalled() -> None:

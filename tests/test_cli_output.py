@@ -423,7 +423,8 @@ def test_sim_prints_its_default_credentials_and_they_work(
     ("args", "says"),
     [
         (["damstra", "--scope", "x.learning-admin.com"],
-         "migrator: error: --scope is a civica setting (the portal domain); damstra takes only --key"),
+         "migrator: error: --scope is a civica setting; the damstra simulator does not take it"
+         " (see migrator sim --help)"),
         (["civica", "--data", "nosuch.jsonl"], "migrator: error: --data nosuch.jsonl: No such file or directory"),
     ],
     ids=["scope-for-damstra", "missing-data-file"],

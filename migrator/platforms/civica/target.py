@@ -22,6 +22,7 @@ from migrator.dates import format_utc, normalize, plus
 from migrator.http import AmbiguousOutcome, HostClient, RequestStats
 from migrator.model import Certificate, Group, RecordError, Skip, User
 from migrator.platforms.civica.config import CivicaTarget
+from migrator.platforms.registry import TargetSide
 
 EPOCH = "1970-01-01T00:00:00.000Z"
 SETUSER_ATTEMPTS = 4
@@ -34,7 +35,7 @@ PROFILE_FIELDS = {  # canonical field → Civica profile key
 }
 
 
-class Civica:
+class Civica(TargetSide):
     """One portal: the client, the profile fields it defines, and the async-status poller."""
 
     def __init__(self, cfg: CivicaTarget, secrets: list[str]):
