@@ -15,8 +15,8 @@ from urllib.parse import quote, quote_plus
 import pytest
 from aiohttp import web
 
-from migrator import http as http_module
 from migrator.http import AuthError, HostClient, HostLimits, HttpError
+from migrator.http import retry as retry_policy
 from migrator.plan import PlanError, parse_plan
 from tests.guarantee_support import LoopbackServer, scripted
 
@@ -115,7 +115,7 @@ async def test_retries_of_a_5xx_wait_exponentially_longer(monkeypatch: pytest.Mo
         def uniform(low: float, high: float) -> float:
             return high
 
-    monkeypatch.setattr(http_module, "random", UpperBound)
+    monkeypatch.setattr(retry_policy, "random", UpperBound)  # the jitter is drawn in the retry policy
     async with LoopbackServer() as server:
         server.route("/flaky", scripted(*[answer(500)] * 5, answer(200)))
         http = HostClient(server.url, limits=limits(backoff_base=0.04, backoff_cap=0.3, max_retries=6), name="test")
