@@ -3,11 +3,13 @@
 The engine dead-letters a record whose request failed (:class:`RequestFailed`, filed under its
 ``error_class``) and lets a :class:`RunStopped` end the run, since every record would fail alike.
 Transports (``migrator.http``) raise subclasses of these; the engine never imports them.
+A connector or mapping raises :class:`RecordError` for a record it cannot carry and :class:`Skip`
+for one it leaves behind on purpose.
 """
 
 from __future__ import annotations
 
-__all__ = ["RequestFailed", "RunStopped"]
+__all__ = ["RecordError", "RequestFailed", "RunStopped", "Skip"]
 
 
 class RunStopped(Exception):
@@ -23,3 +25,23 @@ class RequestFailed(Exception):
 
     error_class: str = "request_failed"
     status: int | None = None
+
+
+class RecordError(Exception):
+    """A single record cannot be carried; it goes to the dead-letter store, the run goes on."""
+
+    def __init__(self, error_class: str, message: str, status: int | None = None):
+        super().__init__(message)
+        self.error_class = error_class
+        self.message = message
+        self.status = status
+
+
+class Skip(Exception):
+    """This record is deliberately left behind (recorded as skipped, with the reason): by the mapping,
+    or by a target whose record already exists (then `target_id` names it, so children can attach)."""
+
+    def __init__(self, reason: str, target_id: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.target_id = target_id

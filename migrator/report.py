@@ -13,10 +13,6 @@ from migrator.ledger import DEAD, IN_FLIGHT, PENDING, SKIPPED, WRITTEN, Ledger
 KEYS = ("read", "written", "skipped", "dead_lettered", "pending", "retried", "requests", "rate_limited")
 
 
-def _host_rate(client: Any) -> float | None:
-    return getattr(client, "current_rate", None)
-
-
 def build_report(
     ledger: Ledger, runners: list[Any], setup: RequestStats, seconds: float, *, dry_run: bool, plan: Any, hosts: list[Any]
 ) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from migrator.dates import try_parse_iso as parse_iso  # the one ISO reader; tests import it here
 from migrator.simulate import datagen as dg
 from migrator.simulate.base import SimulatorBase, json_response
 from migrator.simulate.faults import FaultSpec
@@ -62,17 +63,6 @@ def default_profile_fields() -> dict[str, dict[str, Any]]:
         "employee_number": text("Employee number", "Optional", 140),
         "timezone": text("Time zone", "AdminOnly", 900),
     }
-
-
-def parse_iso(value: Any) -> datetime | None:
-    """Any ISO-8601 timestamp (Z, offset or naive=UTC, with or without millis); None if invalid."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def _ms(dt: datetime) -> int:
